@@ -1,0 +1,589 @@
+//! Guest physical memory of one VM.
+//!
+//! Guest RAM is described page by page: every 4 KiB guest physical frame has an entry in a
+//! *page map* that names the host frame backing it (or none) and whether the guest may write it
+//! directly. Nothing above this crate assumes that guest RAM is one contiguous host buffer, so
+//! later memory management (page sharing, ballooning, hypervisor swap) can move a single guest
+//! page to another host frame with [`GuestMemory::map_page`] / [`GuestMemory::unmap_page`].
+//!
+//! vCPUs cache translations to host pointers in their own software TLBs. Whoever changes a page
+//! map entry must call [`GuestMemory::shootdown`], which returns only once every vCPU of the VM
+//! has dropped its cached translations (see [`VcpuSignal`] for the protocol).
+//!
+//! Address ranges that are neither RAM nor MMIO are unmapped: accesses there are guest-visible
+//! access faults, never host errors.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+pub const PAGE_SHIFT: u32 = 12;
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+const PAGE_MASK: u64 = PAGE_SIZE - 1;
+
+/// Page map entry bits (the rest of the word is the host address of the 4 KiB frame).
+const ENTRY_PRESENT: usize = 1;
+const ENTRY_WRITABLE: usize = 2;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MemError {
+    #[error("guest physical address {addr:#x} (+{len} bytes) is not RAM")]
+    NotRam { addr: u64, len: u64 },
+    #[error("guest memory layout: {0}")]
+    Layout(String),
+    #[error("cannot reserve {bytes} bytes of host memory for guest RAM: {reason}")]
+    HostAlloc { bytes: u64, reason: String },
+}
+
+/// What a guest physical address is backed by, as seen at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhysLookup {
+    /// RAM backed by a host frame. `host` points at the byte for the looked-up address.
+    Ram { host: NonNull<u8>, writable: bool },
+    /// RAM page with no host frame right now (ballooned or swapped out) or one that is
+    /// write-protected for this access (shared copy-on-write).
+    NeedsFault,
+    /// A device register range: the access must leave the vCPU as an MMIO exit.
+    Mmio,
+    /// Nothing is there: a guest-visible access fault.
+    Unmapped,
+}
+
+/// A range of guest physical RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamRange {
+    pub base: u64,
+    pub size: u64,
+}
+
+/// A range of guest physical addresses that belongs to devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioRange {
+    pub base: u64,
+    pub size: u64,
+}
+
+/// Anonymous host memory reserved for guest frames. Pages are only committed by the host
+/// kernel when first touched, so a VM's resident size grows with what the guest uses.
+struct HostRegion {
+    addr: usize,
+    len: usize,
+}
+
+impl HostRegion {
+    fn new(len: u64) -> Result<Self, MemError> {
+        let len_usize = usize::try_from(len).map_err(|_| MemError::HostAlloc {
+            bytes: len,
+            reason: "larger than the host address space".into(),
+        })?;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len_usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemError::HostAlloc {
+                bytes: len,
+                reason: std::io::Error::last_os_error().to_string(),
+            });
+        }
+        Ok(HostRegion {
+            addr: p as usize,
+            len: len_usize,
+        })
+    }
+}
+
+impl Drop for HostRegion {
+    fn drop(&mut self) {
+        // SAFETY: we own this mapping; all users hold an Arc<GuestMemory> that keeps us alive.
+        unsafe {
+            libc::munmap(self.addr as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+struct RamRegion {
+    base: u64,
+    size: u64,
+    /// One entry per guest page: host frame address | ENTRY_* bits, 0 when not present.
+    pages: Box<[AtomicUsize]>,
+    _backing: HostRegion,
+}
+
+/// Per-vCPU signalling word shared between the vCPU thread and the rest of the hypervisor.
+///
+/// The vCPU polls `attention` at every block boundary (one relaxed load). Other threads set
+/// bits in it to make the vCPU kick out of `run`, flush its TLB or re-evaluate interrupts.
+///
+/// Shoot-down protocol: [`GuestMemory::shootdown`] bumps the VM's TLB generation, sets
+/// [`VcpuSignal::FLUSH_TLB`] in every vCPU's word, then waits for each vCPU that is inside
+/// `run` to acknowledge the new generation. A vCPU acknowledges after it has emptied its TLB,
+/// either at the next block boundary or when it next enters `run`. vCPUs outside `run` hold no
+/// host pointers, so they need not be waited for.
+#[derive(Debug, Default)]
+pub struct VcpuSignal {
+    pub attention: AtomicU32,
+    in_run: AtomicBool,
+    acked_generation: AtomicU64,
+}
+
+impl VcpuSignal {
+    /// Leave `run` as soon as possible.
+    pub const KICK: u32 = 1;
+    /// Page map entries changed: drop cached translations and acknowledge.
+    pub const FLUSH_TLB: u32 = 2;
+    /// Interrupt lines changed: re-evaluate pending interrupts.
+    pub const IRQ: u32 = 4;
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn request(&self, bits: u32) {
+        self.attention.fetch_or(bits, Ordering::SeqCst);
+    }
+
+    /// Take the pending attention bits (the vCPU does this at a block boundary).
+    pub fn take(&self) -> u32 {
+        self.attention.swap(0, Ordering::SeqCst)
+    }
+
+    /// Called by the vCPU when it starts executing guest code. After this it must compare its
+    /// TLB generation with [`GuestMemory::tlb_generation`] before using any cached pointer.
+    pub fn enter_run(&self) {
+        self.in_run.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the vCPU when it stops executing guest code.
+    pub fn exit_run(&self) {
+        self.in_run.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by the vCPU once its TLB no longer holds translations older than `generation`.
+    pub fn ack_generation(&self, generation: u64) {
+        self.acked_generation.store(generation, Ordering::SeqCst);
+    }
+}
+
+/// Guest physical memory of one VM: RAM ranges, MMIO ranges and the page map.
+pub struct GuestMemory {
+    ram: Vec<RamRegion>,
+    mmio: Vec<MmioRange>,
+    tlb_generation: AtomicU64,
+    vcpus: Mutex<Vec<Weak<VcpuSignal>>>,
+}
+
+// SAFETY: host frame addresses are plain integers in atomics; the backing mappings live as long
+// as the GuestMemory.
+unsafe impl Send for GuestMemory {}
+unsafe impl Sync for GuestMemory {}
+
+impl std::fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ram: Vec<_> = self
+            .ram
+            .iter()
+            .map(|r| RamRange {
+                base: r.base,
+                size: r.size,
+            })
+            .collect();
+        f.debug_struct("GuestMemory")
+            .field("ram", &ram)
+            .field("mmio", &self.mmio)
+            .finish()
+    }
+}
+
+fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
+    a < b.saturating_add(blen) && b < a.saturating_add(alen)
+}
+
+impl GuestMemory {
+    /// Builds the guest physical address space: RAM ranges (page aligned, non-empty) and MMIO
+    /// ranges, none overlapping another.
+    pub fn new(ram: &[RamRange], mmio: &[MmioRange]) -> Result<Arc<Self>, MemError> {
+        let mut all: Vec<(u64, u64, &str)> = Vec::new();
+        for r in ram {
+            if r.size == 0 || r.base & PAGE_MASK != 0 || r.size & PAGE_MASK != 0 {
+                return Err(MemError::Layout(format!(
+                    "RAM range {:#x}+{:#x} must be non-empty and 4 KiB aligned",
+                    r.base, r.size
+                )));
+            }
+            if r.base.checked_add(r.size).is_none() {
+                return Err(MemError::Layout(format!(
+                    "RAM range {:#x}+{:#x} wraps the address space",
+                    r.base, r.size
+                )));
+            }
+            all.push((r.base, r.size, "RAM"));
+        }
+        for m in mmio {
+            if m.size == 0 {
+                return Err(MemError::Layout(format!(
+                    "MMIO range at {:#x} is empty",
+                    m.base
+                )));
+            }
+            all.push((m.base, m.size, "MMIO"));
+        }
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                if overlaps(a.0, a.1, b.0, b.1) {
+                    return Err(MemError::Layout(format!(
+                        "{} range {:#x}+{:#x} overlaps {} range {:#x}+{:#x}",
+                        a.2, a.0, a.1, b.2, b.0, b.1
+                    )));
+                }
+            }
+        }
+        let mut regions = Vec::new();
+        for r in ram {
+            let backing = HostRegion::new(r.size)?;
+            let npages = (r.size >> PAGE_SHIFT) as usize;
+            let pages: Box<[AtomicUsize]> = (0..npages)
+                .map(|i| {
+                    AtomicUsize::new(
+                        (backing.addr + (i << PAGE_SHIFT)) | ENTRY_PRESENT | ENTRY_WRITABLE,
+                    )
+                })
+                .collect();
+            regions.push(RamRegion {
+                base: r.base,
+                size: r.size,
+                pages,
+                _backing: backing,
+            });
+        }
+        let mut mmio = mmio.to_vec();
+        mmio.sort_by_key(|m| m.base);
+        Ok(Arc::new(GuestMemory {
+            ram: regions,
+            mmio,
+            tlb_generation: AtomicU64::new(1),
+            vcpus: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn ram_ranges(&self) -> Vec<RamRange> {
+        self.ram
+            .iter()
+            .map(|r| RamRange {
+                base: r.base,
+                size: r.size,
+            })
+            .collect()
+    }
+
+    pub fn mmio_ranges(&self) -> &[MmioRange] {
+        &self.mmio
+    }
+
+    fn page_entry(&self, gpa: u64) -> Option<&AtomicUsize> {
+        for r in &self.ram {
+            if gpa >= r.base && gpa - r.base < r.size {
+                return Some(&r.pages[((gpa - r.base) >> PAGE_SHIFT) as usize]);
+            }
+        }
+        None
+    }
+
+    /// Looks up what backs `gpa` for a read (`write == false`) or a write.
+    #[inline]
+    pub fn lookup(&self, gpa: u64, write: bool) -> PhysLookup {
+        if let Some(e) = self.page_entry(gpa) {
+            let v = e.load(Ordering::Acquire);
+            if v & ENTRY_PRESENT == 0 || (write && v & ENTRY_WRITABLE == 0) {
+                return PhysLookup::NeedsFault;
+            }
+            let host = (v & !(PAGE_MASK as usize)) + (gpa & PAGE_MASK) as usize;
+            // SAFETY (non-null): present entries always hold a frame address.
+            return match NonNull::new(host as *mut u8) {
+                Some(host) => PhysLookup::Ram {
+                    host,
+                    writable: v & ENTRY_WRITABLE != 0,
+                },
+                None => PhysLookup::Unmapped,
+            };
+        }
+        if self.is_mmio(gpa) {
+            PhysLookup::Mmio
+        } else {
+            PhysLookup::Unmapped
+        }
+    }
+
+    pub fn is_mmio(&self, gpa: u64) -> bool {
+        self.mmio
+            .iter()
+            .any(|m| gpa >= m.base && gpa - m.base < m.size)
+    }
+
+    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.ram
+            .iter()
+            .any(|r| gpa >= r.base && len <= r.size && gpa - r.base <= r.size - len)
+    }
+
+    /// Resolves a page that [`lookup`](Self::lookup) reported as `NeedsFault`. Memory
+    /// overcommit (sharing, balloon, swap) hooks in here; with plain RAM every page is present
+    /// and writable, so this only reports whether the page now is.
+    pub fn resolve_fault(&self, gpa: u64, write: bool) -> PhysLookup {
+        self.lookup(gpa, write)
+    }
+
+    /// Copies guest memory at `gpa` into `buf` (for loaders and device DMA).
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.for_each_chunk(gpa, buf.len() as u64, false, |host, off, len| {
+            // SAFETY: `host` points at `len` valid bytes of one guest frame.
+            unsafe { std::ptr::copy_nonoverlapping(host, buf[off..off + len].as_mut_ptr(), len) };
+        })
+    }
+
+    /// Copies `buf` into guest memory at `gpa` (for loaders and device DMA).
+    pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+        self.for_each_chunk(gpa, buf.len() as u64, true, |host, off, len| {
+            // SAFETY: `host` points at `len` writable bytes of one guest frame.
+            unsafe { std::ptr::copy_nonoverlapping(buf[off..off + len].as_ptr(), host, len) };
+        })
+    }
+
+    pub fn read_u32(&self, gpa: u64) -> Result<u32, MemError> {
+        let mut b = [0u8; 4];
+        self.read(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    pub fn read_u64(&self, gpa: u64) -> Result<u64, MemError> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write_u32(&self, gpa: u64, v: u32) -> Result<(), MemError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+
+    pub fn write_u64(&self, gpa: u64, v: u64) -> Result<(), MemError> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+
+    fn for_each_chunk(
+        &self,
+        gpa: u64,
+        len: u64,
+        write: bool,
+        mut f: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), MemError> {
+        if len == 0 {
+            return Ok(());
+        }
+        if gpa.checked_add(len).is_none() || !self.is_ram(gpa, len) {
+            return Err(MemError::NotRam { addr: gpa, len });
+        }
+        let mut done = 0u64;
+        while done < len {
+            let a = gpa + done;
+            let chunk = (PAGE_SIZE - (a & PAGE_MASK)).min(len - done);
+            let host = match self.lookup(a, write) {
+                PhysLookup::Ram { host, .. } => host,
+                _ => match self.resolve_fault(a, write) {
+                    PhysLookup::Ram { host, .. } => host,
+                    _ => {
+                        return Err(MemError::NotRam {
+                            addr: a,
+                            len: chunk,
+                        })
+                    }
+                },
+            };
+            f(host.as_ptr(), done as usize, chunk as usize);
+            done += chunk;
+        }
+        Ok(())
+    }
+
+    /// Makes guest page `gpa` write-protected (or writable again) and shoots down every vCPU's
+    /// cached translation of it. Used by copy-on-write page sharing.
+    pub fn protect_page(&self, gpa: u64, writable: bool) -> Result<(), MemError> {
+        let e = self.page_entry(gpa).ok_or(MemError::NotRam {
+            addr: gpa,
+            len: PAGE_SIZE,
+        })?;
+        if writable {
+            e.fetch_or(ENTRY_WRITABLE, Ordering::AcqRel);
+        } else {
+            e.fetch_and(!ENTRY_WRITABLE, Ordering::AcqRel);
+        }
+        self.shootdown();
+        Ok(())
+    }
+
+    /// Number of guest RAM pages.
+    pub fn ram_pages(&self) -> u64 {
+        self.ram.iter().map(|r| r.size >> PAGE_SHIFT).sum()
+    }
+
+    /// The VM's current TLB generation (see [`VcpuSignal`]).
+    #[inline]
+    pub fn tlb_generation(&self) -> u64 {
+        self.tlb_generation.load(Ordering::SeqCst)
+    }
+
+    /// Registers a vCPU for shoot-downs. The returned signal is the vCPU's attention word.
+    pub fn register_vcpu(&self) -> Arc<VcpuSignal> {
+        let s = Arc::new(VcpuSignal::new());
+        s.acked_generation
+            .store(self.tlb_generation(), Ordering::SeqCst);
+        let mut v = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(&s));
+        s
+    }
+
+    /// Makes every vCPU of the VM drop its cached guest-physical-to-host translations. When this
+    /// returns, no vCPU accesses memory through a page map entry that was changed before the
+    /// call.
+    pub fn shootdown(&self) {
+        let gen = self.tlb_generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let vcpus: Vec<Arc<VcpuSignal>> = {
+            let v = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
+            v.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        for v in &vcpus {
+            v.request(VcpuSignal::FLUSH_TLB);
+        }
+        for v in &vcpus {
+            let mut spins = 0u32;
+            while v.in_run.load(Ordering::SeqCst) && v.acked_generation.load(Ordering::SeqCst) < gen
+            {
+                spins += 1;
+                if spins < 100 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> Arc<GuestMemory> {
+        GuestMemory::new(
+            &[RamRange {
+                base: 0x8000_0000,
+                size: 1 << 20,
+            }],
+            &[MmioRange {
+                base: 0x1000_0000,
+                size: 0x1000,
+            }],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn read_write_across_pages() {
+        let m = mem();
+        let data: Vec<u8> = (0..10000u32).map(|i| (i * 7) as u8).collect();
+        m.write(0x8000_0ff0, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        m.read(0x8000_0ff0, &mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn out_of_ram_is_an_error_not_a_panic() {
+        let m = mem();
+        let mut b = [0u8; 16];
+        assert!(matches!(
+            m.read(0x8010_0000 - 8, &mut b),
+            Err(MemError::NotRam { .. })
+        ));
+        assert!(m.read(u64::MAX - 4, &mut b).is_err());
+        assert!(m.write(0x1000_0000, &b).is_err());
+        assert_eq!(m.lookup(0x1000_0008, false), PhysLookup::Mmio);
+        assert_eq!(m.lookup(0x2000_0000, false), PhysLookup::Unmapped);
+    }
+
+    #[test]
+    fn overlapping_layout_rejected() {
+        let e = GuestMemory::new(
+            &[RamRange {
+                base: 0x8000_0000,
+                size: 0x10000,
+            }],
+            &[MmioRange {
+                base: 0x8000_8000,
+                size: 0x10,
+            }],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        assert!(GuestMemory::new(
+            &[RamRange {
+                base: 0x123,
+                size: 0x1000
+            }],
+            &[]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn protect_page_makes_writes_fault() {
+        let m = mem();
+        m.protect_page(0x8000_2000, false).unwrap();
+        assert_eq!(m.lookup(0x8000_2010, true), PhysLookup::NeedsFault);
+        assert!(matches!(
+            m.lookup(0x8000_2010, false),
+            PhysLookup::Ram {
+                writable: false,
+                ..
+            }
+        ));
+        m.protect_page(0x8000_2000, true).unwrap();
+        assert!(matches!(
+            m.lookup(0x8000_2010, true),
+            PhysLookup::Ram { writable: true, .. }
+        ));
+    }
+
+    #[test]
+    fn shootdown_waits_for_running_vcpu_ack() {
+        let m = mem();
+        let sig = m.register_vcpu();
+        sig.enter_run();
+        let m2 = m.clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = done.clone();
+        let t = std::thread::spawn(move || {
+            m2.shootdown();
+            d2.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "shootdown returned before the vCPU acked"
+        );
+        assert_ne!(sig.take() & VcpuSignal::FLUSH_TLB, 0);
+        sig.ack_generation(m.tlb_generation());
+        t.join().unwrap();
+        assert!(done.load(Ordering::SeqCst));
+        // A vCPU outside run is not waited for.
+        sig.exit_run();
+        m.shootdown();
+    }
+}
