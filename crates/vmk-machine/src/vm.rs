@@ -1,0 +1,574 @@
+//! A running VM: its memory, devices and vCPU threads.
+
+use crate::fdt::{self, FdtConfig};
+use crate::layout::*;
+use crate::loader::{self, LoadError};
+use crate::sbi::{self, SbiHost, SystemRequest};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use vmk_cpu::{
+    Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
+};
+use vmk_devices::{IrqLine, MmioBus, Plic, PowerRequest, PowerState, SifiveTest, Uart, UartInput};
+
+const TIMEBASE_HZ: u64 = 10_000_000;
+/// Instructions per `run` call: bounds timer latency (~0.2-1 ms at 200-500 MIPS).
+const SLICE: u64 = 200_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("guest memory: {0}")]
+    Memory(#[from] vmk_memory::MemError),
+    #[error("memory size {0} MiB is too small: a Linux guest needs at least {1} MiB")]
+    MemoryTooSmall(u64, u64),
+    #[error("--cpus {0}: a VM has 1 to 64 vCPUs")]
+    BadCpuCount(u32),
+    #[error("device tree: {0}")]
+    Fdt(String),
+    #[error("devices: {0}")]
+    Devices(String),
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest powered off; `code` is the test device's exit code (0 for SBI shutdown).
+    PowerOff {
+        code: i32,
+    },
+    Reboot,
+    /// The guest could not go on (architected error the guest did not handle).
+    Crashed(String),
+    /// The host asked it to stop.
+    Stopped,
+}
+
+/// Where the guest console goes and comes from.
+pub trait Console: Send + Sync {
+    fn write(&self, bytes: &[u8]);
+}
+
+pub struct VmConfig {
+    pub cpus: u32,
+    pub memory: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub console: Arc<dyn Console>,
+}
+
+/// Adapts the console to `std::io::Write` for the UART.
+struct ConsoleWriter(Arc<dyn Console>);
+
+impl Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HsmState {
+    Started,
+    Stopped,
+    StartPending { addr: u64, opaque: u64 },
+}
+
+/// Wakes a vCPU thread that waits in WFI or in the HSM stopped state.
+#[derive(Default)]
+struct Waker {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Waker {
+    fn wake(&self) {
+        let mut w = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        *w = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until woken or `timeout` passes; consumes the wake-up.
+    fn wait(&self, timeout: Duration) {
+        let w = self.flag.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut w, _) = self
+            .cv
+            .wait_timeout_while(w, timeout, |w| !*w)
+            .unwrap_or_else(|e| e.into_inner());
+        *w = false;
+    }
+}
+
+struct HartSlot {
+    handle: HartHandle,
+    deadline: AtomicU64,
+    hsm: Mutex<HsmState>,
+    waker: Arc<Waker>,
+}
+
+impl HartSlot {
+    fn wake(&self) {
+        self.waker.wake();
+    }
+}
+
+struct Shared {
+    mem: Arc<GuestMemory>,
+    bus: MmioBus,
+    harts: Vec<HartSlot>,
+    stop: AtomicBool,
+    outcome: Mutex<Option<VmOutcome>>,
+    console: Arc<dyn Console>,
+    power: Arc<PowerState>,
+    clock: Instant,
+}
+
+impl Shared {
+    fn now(&self) -> u64 {
+        (self.clock.elapsed().as_nanos() * TIMEBASE_HZ as u128 / 1_000_000_000) as u64
+    }
+
+    fn finish(&self, outcome: VmOutcome) {
+        let mut o = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if o.is_none() {
+            *o = Some(outcome);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for h in &self.harts {
+            h.handle.kick();
+            h.wake();
+        }
+    }
+}
+
+/// The PLIC drives a hart's external interrupt through this.
+struct HartIrq {
+    handle: HartHandle,
+    waker: Arc<Waker>,
+    irq: Irq,
+}
+
+impl IrqLine for HartIrq {
+    fn set_level(&self, level: bool) {
+        self.handle.set_irq(self.irq, level);
+        if level {
+            self.waker.wake();
+        }
+    }
+}
+
+pub struct Vm {
+    shared: Arc<Shared>,
+    harts: Vec<Hart>,
+    uart: UartInput,
+}
+
+impl Vm {
+    pub fn new(cfg: VmConfig) -> Result<Vm, VmError> {
+        if cfg.cpus == 0 || cfg.cpus > 64 {
+            return Err(VmError::BadCpuCount(cfg.cpus));
+        }
+        if cfg.memory < MIN_RAM {
+            return Err(VmError::MemoryTooSmall(cfg.memory >> 20, MIN_RAM >> 20));
+        }
+        let kernel = loader::load_kernel(&cfg.kernel)?;
+        let initrd = match &cfg.initrd {
+            Some(p) => Some(loader::load_initrd(p)?),
+            None => None,
+        };
+        let ram_size = cfg.memory & !0xfff;
+        let mem = GuestMemory::new(
+            &[RamRange {
+                base: RAM_BASE,
+                size: ram_size,
+            }],
+            &[
+                MmioRange {
+                    base: TEST_BASE,
+                    size: TEST_SIZE,
+                },
+                MmioRange {
+                    base: PLIC_BASE,
+                    size: PLIC_SIZE,
+                },
+                MmioRange {
+                    base: UART_BASE,
+                    size: UART_SIZE,
+                },
+                MmioRange {
+                    base: VIRTIO_BASE,
+                    size: VIRTIO_STRIDE * VIRTIO_SLOTS,
+                },
+            ],
+        )?;
+        let ram_mib = ram_size >> 20;
+        if kernel.footprint > ram_size {
+            return Err(LoadError::TooBig {
+                what: "the kernel",
+                size: kernel.footprint,
+                ram: ram_mib,
+                at: RAM_BASE,
+            }
+            .into());
+        }
+        for (off, bytes) in &kernel.segments {
+            mem.write(RAM_BASE + off, bytes)?;
+        }
+        // Device tree at the top of RAM, the initrd below it, both clear of the kernel.
+        let fdt_slot = 64 << 10;
+        let fdt_addr = RAM_BASE + ram_size - fdt_slot;
+        let initrd_range = match &initrd {
+            Some(data) => {
+                let len = data.len() as u64;
+                let start = fdt_addr.saturating_sub(len) & !0xfff;
+                if start < RAM_BASE + kernel.footprint + (2 << 20) {
+                    return Err(LoadError::TooBig {
+                        what: "the initrd",
+                        size: len,
+                        ram: ram_mib,
+                        at: start,
+                    }
+                    .into());
+                }
+                mem.write(start, data)?;
+                Some((start, start + len))
+            }
+            None => None,
+        };
+        let dtb = fdt::build(&FdtConfig {
+            cpus: cfg.cpus,
+            ram_base: RAM_BASE,
+            ram_size,
+            bootargs: cfg.cmdline.clone(),
+            initrd: initrd_range,
+            timebase_hz: TIMEBASE_HZ as u32,
+        })
+        .map_err(|e| VmError::Fdt(e.to_string()))?;
+        if dtb.len() as u64 > fdt_slot {
+            return Err(VmError::Fdt(format!(
+                "device tree is {} bytes, more than its {} byte slot",
+                dtb.len(),
+                fdt_slot
+            )));
+        }
+        mem.write(fdt_addr, &dtb)?;
+
+        let clock = Instant::now();
+        let time_fn: vmk_cpu::TimeFn = Arc::new(move || {
+            (clock.elapsed().as_nanos() * TIMEBASE_HZ as u128 / 1_000_000_000) as u64
+        });
+        let mut harts = Vec::new();
+        for id in 0..cfg.cpus as u64 {
+            let mut h = Hart::new(
+                mem.clone(),
+                HartConfig {
+                    hart_id: id,
+                    start_mode: PrivMode::Supervisor,
+                    sbi_exits: true,
+                    timebase_hz: TIMEBASE_HZ,
+                    time_fn: Some(time_fn.clone()),
+                    exit_on_interrupt: 0,
+                },
+            );
+            // The hypervisor is the M-mode firmware: delegate everything it can to S-mode,
+            // as OpenSBI does, and let S-mode read the counters.
+            h.set_csr(0x302, 0xb1ff);
+            h.set_csr(0x303, 0x222);
+            h.set_csr(0x306, 0xffff_ffff);
+            h.set_csr(0x30a, 0);
+            harts.push(h);
+        }
+        harts[0].set_pc(RAM_BASE + kernel.entry_offset);
+        harts[0].set_reg(10, 0);
+        harts[0].set_reg(11, fdt_addr);
+
+        let power = PowerState::new();
+        let slots: Vec<HartSlot> = harts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| HartSlot {
+                handle: h.handle(),
+                deadline: AtomicU64::new(u64::MAX),
+                hsm: Mutex::new(if i == 0 {
+                    HsmState::Started
+                } else {
+                    HsmState::Stopped
+                }),
+                waker: Arc::new(Waker::default()),
+            })
+            .collect();
+        let mut lines: Vec<Arc<dyn IrqLine>> = Vec::new();
+        for slot in &slots {
+            for irq in [Irq::MachineExternal, Irq::SupervisorExternal] {
+                lines.push(Arc::new(HartIrq {
+                    handle: slot.handle.clone(),
+                    waker: slot.waker.clone(),
+                    irq,
+                }));
+            }
+        }
+        let dev_err = |e: vmk_devices::DeviceError| VmError::Devices(e.to_string());
+        let plic = Plic::new(PLIC_SOURCES, lines).map_err(dev_err)?;
+        let uart_irq = plic
+            .source(UART_IRQ)
+            .map(|s| Arc::new(s) as Arc<dyn IrqLine>);
+        let uart = Uart::new(Box::new(ConsoleWriter(cfg.console.clone())), uart_irq);
+        let uart_input = uart.input();
+        let mut bus = MmioBus::new();
+        bus.register("uart", UART_BASE, UART_SIZE, Arc::new(Mutex::new(uart)))
+            .map_err(dev_err)?;
+        bus.register(
+            "test",
+            TEST_BASE,
+            TEST_SIZE,
+            Arc::new(Mutex::new(SifiveTest::new(power.clone()))),
+        )
+        .map_err(dev_err)?;
+        bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
+            .map_err(dev_err)?;
+        let shared = Arc::new(Shared {
+            mem,
+            bus,
+            harts: slots,
+            stop: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            console: cfg.console.clone(),
+            power,
+            clock,
+        });
+        Ok(Vm {
+            shared,
+            harts,
+            uart: uart_input,
+        })
+    }
+
+    /// Feeds console input to the guest's UART.
+    pub fn uart(&self) -> UartInput {
+        self.uart.clone()
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let s = self.shared.clone();
+        move || s.finish(VmOutcome::Stopped)
+    }
+
+    /// Runs the VM until it powers off, resets, crashes or is stopped.
+    pub fn run(self) -> VmOutcome {
+        let shared = self.shared.clone();
+        let threads: Vec<_> = self
+            .harts
+            .into_iter()
+            .enumerate()
+            .map(|(i, hart)| {
+                let s = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("vcpu{i}"))
+                    .spawn(move || vcpu_loop(s, i, hart))
+            })
+            .collect();
+        for t in threads {
+            match t {
+                Ok(t) => {
+                    if t.join().is_err() {
+                        shared.finish(VmOutcome::Crashed("a vCPU thread panicked".into()));
+                    }
+                }
+                Err(e) => shared.finish(VmOutcome::Crashed(format!(
+                    "cannot start a vCPU thread: {e}"
+                ))),
+            }
+        }
+        let o = shared
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        o.unwrap_or(VmOutcome::Stopped)
+    }
+}
+
+struct CallCtx<'a> {
+    shared: &'a Shared,
+    hart: usize,
+    stop_self: bool,
+}
+
+impl SbiHost for CallCtx<'_> {
+    fn hart_count(&self) -> u64 {
+        self.shared.harts.len() as u64
+    }
+    fn set_timer(&mut self, deadline: u64) {
+        let slot = &self.shared.harts[self.hart];
+        slot.deadline.store(deadline, Ordering::SeqCst);
+        let fired = self.shared.now() >= deadline;
+        slot.handle.set_irq(Irq::SupervisorTimer, fired);
+    }
+    fn send_ipi(&mut self, hart: u64) {
+        if let Some(h) = self.shared.harts.get(hart as usize) {
+            h.handle.post_ssip();
+            h.wake();
+        }
+    }
+    fn remote_fence_i(&mut self, hart: u64) {
+        if let Some(h) = self.shared.harts.get(hart as usize) {
+            h.handle.request_fence_i();
+        }
+    }
+    fn remote_sfence_vma(&mut self, _harts: &[u64]) {
+        // A shoot-down flushes every vCPU of the VM and waits for the running ones.
+        self.shared.mem.shootdown();
+    }
+    fn hart_status(&self, hart: u64) -> u64 {
+        match self
+            .shared
+            .harts
+            .get(hart as usize)
+            .map(|h| *h.hsm.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            Some(HsmState::Started) => 0,
+            Some(HsmState::Stopped) | None => 1,
+            Some(HsmState::StartPending { .. }) => 2,
+        }
+    }
+    fn hart_start(&mut self, hart: u64, addr: u64, opaque: u64) -> Result<(), i64> {
+        let slot = self
+            .shared
+            .harts
+            .get(hart as usize)
+            .ok_or(sbi::SBI_ERR_INVALID_PARAM)?;
+        let mut st = slot.hsm.lock().unwrap_or_else(|e| e.into_inner());
+        if *st != HsmState::Stopped {
+            return Err(sbi::SBI_ERR_ALREADY_AVAILABLE);
+        }
+        if !self.shared.mem.is_ram(addr, 4) {
+            return Err(sbi::SBI_ERR_INVALID_ADDRESS);
+        }
+        *st = HsmState::StartPending { addr, opaque };
+        drop(st);
+        slot.wake();
+        Ok(())
+    }
+    fn hart_stop_self(&mut self) {
+        self.stop_self = true;
+    }
+    fn system(&mut self, req: SystemRequest) {
+        self.shared.finish(match req {
+            SystemRequest::Shutdown => VmOutcome::PowerOff { code: 0 },
+            SystemRequest::Reboot => VmOutcome::Reboot,
+        });
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        self.shared.console.write(bytes);
+    }
+    fn console_read_byte(&mut self) -> Option<u8> {
+        None
+    }
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.shared.mem.read(gpa, buf).is_ok()
+    }
+    fn write_guest(&self, gpa: u64, buf: &[u8]) -> bool {
+        self.shared.mem.write(gpa, buf).is_ok()
+    }
+}
+
+fn vcpu_loop(s: Arc<Shared>, id: usize, mut hart: Hart) {
+    let slot = &s.harts[id];
+    loop {
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        // HSM: a stopped hart waits for hart_start.
+        let state = *slot.hsm.lock().unwrap_or_else(|e| e.into_inner());
+        match state {
+            HsmState::Stopped => {
+                slot.waker.wait(Duration::from_millis(50));
+                continue;
+            }
+            HsmState::StartPending { addr, opaque } => {
+                hart.set_priv_mode(PrivMode::Supervisor);
+                hart.set_csr(0x180, 0);
+                hart.set_csr(0x100, 0); // sstatus: SIE off
+                hart.set_pc(addr);
+                hart.set_reg(10, id as u64);
+                hart.set_reg(11, opaque);
+                *slot.hsm.lock().unwrap_or_else(|e| e.into_inner()) = HsmState::Started;
+            }
+            HsmState::Started => {}
+        }
+        let exit = hart.run(SLICE);
+        let deadline = slot.deadline.load(Ordering::SeqCst);
+        if deadline != u64::MAX && s.now() >= deadline {
+            slot.handle.set_irq(Irq::SupervisorTimer, true);
+        }
+        match exit {
+            Exit::MmioRead { addr, size } => {
+                let v = s.bus.read(addr, size).unwrap_or(0);
+                hart.complete_mmio_read(v);
+            }
+            Exit::MmioWrite { addr, size, value } => {
+                s.bus.write(addr, size, value);
+                if let Some(req) = s.power.take() {
+                    s.finish(match req {
+                        PowerRequest::Poweroff { code } | PowerRequest::Fail { code } => {
+                            VmOutcome::PowerOff { code: code as i32 }
+                        }
+                        PowerRequest::Reset => VmOutcome::Reboot,
+                    });
+                }
+            }
+            Exit::Ecall => {
+                let a = [
+                    hart.reg(10),
+                    hart.reg(11),
+                    hart.reg(12),
+                    hart.reg(13),
+                    hart.reg(14),
+                    hart.reg(15),
+                ];
+                let (fid, eid) = (hart.reg(16), hart.reg(17));
+                let mut ctx = CallCtx {
+                    shared: &s,
+                    hart: id,
+                    stop_self: false,
+                };
+                let r = sbi::handle(&mut ctx, id as u64, eid, fid, a);
+                hart.set_reg(10, r.error as u64);
+                if eid >= 0x10 {
+                    hart.set_reg(11, r.value);
+                }
+                if ctx.stop_self {
+                    *slot.hsm.lock().unwrap_or_else(|e| e.into_inner()) = HsmState::Stopped;
+                }
+            }
+            Exit::Wfi => {
+                let now = s.now();
+                let wait = if deadline == u64::MAX {
+                    Duration::from_millis(100)
+                } else if deadline <= now {
+                    Duration::ZERO
+                } else {
+                    Duration::from_nanos(
+                        ((deadline - now) as u128 * 1_000_000_000 / TIMEBASE_HZ as u128)
+                            .min(100_000_000) as u64,
+                    )
+                };
+                slot.waker.wait(wait);
+            }
+            Exit::BudgetExhausted | Exit::Kicked | Exit::Interrupt { .. } => {}
+            Exit::Fatal(e) => {
+                s.finish(VmOutcome::Crashed(format!("vCPU {id}: {e}")));
+                return;
+            }
+        }
+    }
+}
