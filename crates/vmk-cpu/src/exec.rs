@@ -531,6 +531,19 @@ impl Hart {
                         _ => old & !src,
                     });
                     self.instret += 1;
+                    let csr = (op.imm & 0xfff) as u16;
+                    if write && r.is_ok() {
+                        // "If a CSR access instruction writes such a CSR, the write is done
+                        // instead of the increment": undo this instruction's count.
+                        match csr {
+                            0xb02 => {
+                                self.instret -= 1;
+                                self.cycle_offset = self.cycle_offset.wrapping_add(1);
+                            }
+                            0xb00 => self.cycle_offset = self.cycle_offset.wrapping_sub(1),
+                            _ => {}
+                        }
+                    }
                     match r {
                         Ok(old) => {
                             x!(op.rd) = old;

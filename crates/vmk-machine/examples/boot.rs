@@ -35,6 +35,16 @@ fn main() {
         std::process::exit(1)
     });
     let t = std::time::Instant::now();
+    let counter = vm.instret_counter();
+    std::thread::spawn(move || {
+        let mut last = 0;
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let n: u64 = counter().iter().sum();
+            eprintln!("[vmk] {:.1} guest MIPS", (n - last) as f64 / 1e6);
+            last = n;
+        }
+    });
     let o = vm.run();
     eprintln!("\n[vmk] {o:?} after {:.1} s", t.elapsed().as_secs_f64());
 }

@@ -109,6 +109,8 @@ impl Waker {
 
 struct HartSlot {
     handle: HartHandle,
+    /// Guest instructions retired, updated after every slice (for metrics).
+    instret: AtomicU64,
     deadline: AtomicU64,
     hsm: Mutex<HsmState>,
     waker: Arc<Waker>,
@@ -296,6 +298,7 @@ impl Vm {
             .enumerate()
             .map(|(i, h)| HartSlot {
                 handle: h.handle(),
+                instret: AtomicU64::new(0),
                 deadline: AtomicU64::new(u64::MAX),
                 hsm: Mutex::new(if i == 0 {
                     HsmState::Started
@@ -354,6 +357,17 @@ impl Vm {
     /// Feeds console input to the guest's UART.
     pub fn uart(&self) -> UartInput {
         self.uart.clone()
+    }
+
+    /// Guest instructions retired so far, per vCPU (readable while the VM runs).
+    pub fn instret_counter(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
+        let s = self.shared.clone();
+        move || {
+            s.harts
+                .iter()
+                .map(|h| h.instret.load(Ordering::Relaxed))
+                .collect()
+        }
     }
 
     /// A handle that stops the VM from another thread.
@@ -506,6 +520,7 @@ fn vcpu_loop(s: Arc<Shared>, id: usize, mut hart: Hart) {
             HsmState::Started => {}
         }
         let exit = hart.run(SLICE);
+        slot.instret.store(hart.instret(), Ordering::Relaxed);
         let deadline = slot.deadline.load(Ordering::SeqCst);
         if deadline != u64::MAX && s.now() >= deadline {
             slot.handle.set_irq(Irq::SupervisorTimer, true);

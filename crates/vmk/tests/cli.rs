@@ -1,0 +1,106 @@
+//! The `vmk` binary: argument handling and error messages (no network needed).
+
+use std::process::Command;
+
+fn vmk(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
+        .args(args)
+        .output()
+        .expect("run vmk");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_lists_image_build() {
+    let (code, out, _) = vmk(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("image"), "{out}");
+    let (code, out, _) = vmk(&["image", "build", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--out",
+        "--package",
+        "--init-script",
+        "--cache",
+        "--refresh",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from:\n{out}");
+    }
+}
+
+#[test]
+fn out_is_required() {
+    let (code, _, err) = vmk(&["image", "build"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--out"), "{err}");
+}
+
+#[test]
+fn missing_init_script_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let script = t.path().join("missing.sh");
+    let cache = t.path().join("cache");
+    let (code, _, err) = vmk(&[
+        "image",
+        "build",
+        "--out",
+        out.to_str().unwrap(),
+        "--init-script",
+        script.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("vmk: error: cannot read init script"),
+        "{err}"
+    );
+    assert!(err.contains("missing.sh"), "{err}");
+}
+
+#[test]
+fn unwritable_out_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let out = file.join("out");
+    let cache = t.path().join("cache");
+    let (code, _, err) = vmk(&[
+        "image",
+        "build",
+        "--out",
+        out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot write to output directory"), "{err}");
+    assert!(err.contains("file/out"), "{err}");
+}
+
+#[test]
+fn bad_package_name_is_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let cache = t.path().join("cache");
+    let (code, _, err) = vmk(&[
+        "image",
+        "build",
+        "--out",
+        out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+        "--package",
+        "Not_A_Package",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("invalid package name \"Not_A_Package\""),
+        "{err}"
+    );
+}
