@@ -134,18 +134,6 @@ impl Hart {
         self.cache.invalidate_jc();
     }
 
-    /// Drops cached translations of the virtual page of `va`.
-    pub(crate) fn flush_tlb_page(&mut self, va: u64) {
-        let idx = crate::mmu::tlb_index(va);
-        let page = va & !0xfff;
-        for t in [&mut self.tlb.read, &mut self.tlb.write, &mut self.tlb.fetch] {
-            if t[idx].tag & !0xfff == page {
-                t[idx].tag = 0;
-            }
-        }
-        self.cache.invalidate_jc();
-    }
-
     pub(crate) fn set_prv(&mut self, p: PrivMode) {
         self.prv = p;
         self.update_tags();
@@ -175,6 +163,9 @@ impl Hart {
     /// cannot handle it.
     pub(crate) fn take_trap(&mut self, cause: u64, tval: u64, interrupt: bool) -> Option<Exit> {
         let epc = self.pc;
+        // A trap retires nothing but is work: charge it to the budget, so that a guest stuck in
+        // faults at its own trap vector still hands the thread back when its slice is over.
+        self.budget_end = self.budget_end.saturating_sub(1);
         let deleg = if interrupt {
             self.mideleg
         } else {

@@ -600,12 +600,9 @@ impl Hart {
                     {
                         return self.illegal(vpc, blk, i);
                     }
-                    if op.rs1 == 0 {
-                        self.flush_tlb();
-                    } else {
-                        let va = x!(op.rs1);
-                        self.flush_tlb_page(va);
-                    }
+                    // TLB entries do not record the page size: fencing one address must also
+                    // drop the other 4 KiB entries of a superpage, so drop everything (O(1)).
+                    self.flush_tlb();
                     self.leave_after(vpc, blk, i);
                     return None;
                 }

@@ -16,6 +16,15 @@
 //! - satp accepts Bare, Sv39 and Sv48; other modes are ignored (WARL).
 //! - FENCE is a no-op: guest accesses are host accesses in program order on a TSO host and AMOs
 //!   are sequentially consistent host atomics.
+//! - SC succeeds when memory still holds the value LR read (a compare-and-swap, as QEMU does):
+//!   another hart storing a different value and then the original one back in between is not
+//!   detected (A-B-A). Linux's LR/SC loops are correct under this.
+//! - SFENCE.VMA with an address flushes the whole TLB (entries do not record page sizes; the
+//!   flush is O(1)).
+//! - Host writes to guest memory (device DMA, loaders) do not invalidate decoded code: the
+//!   guest's FENCE.I, or [`HartHandle::request_fence_i`], does.
+//! - A trap costs one unit of the run budget, so a guest that faults at its own trap vector
+//!   still returns from `run` when its slice is over.
 
 mod csr;
 mod decode;

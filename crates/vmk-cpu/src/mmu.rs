@@ -127,12 +127,23 @@ impl Hart {
                     return Err(pf); // misaligned superpage
                 }
                 let want = PTE_A | if access == Access::Store { PTE_D } else { 0 };
-                if pte & want != want
-                    && pte_atomic
-                        .compare_exchange(pte, pte | want, Ordering::AcqRel, Ordering::Acquire)
+                if pte & want != want {
+                    // Setting A/D is a store to the page table: take the write path, so that a
+                    // write-protected (shared) page-table page is never modified in place.
+                    let wptr = match self.mem.lookup(pte_addr, true) {
+                        PhysLookup::Ram { host, .. } => host.as_ptr(),
+                        _ => match self.mem.resolve_fault(pte_addr, true) {
+                            PhysLookup::Ram { host, .. } => host.as_ptr(),
+                            _ => return Err(Fault::Trap(access.access_fault(), va)),
+                        },
+                    };
+                    // SAFETY: as for `pte_atomic`; the same guest PTE, now writable.
+                    let w = unsafe { AtomicU64::from_ptr(wptr as *mut u64) };
+                    if w.compare_exchange(pte, pte | want, Ordering::AcqRel, Ordering::Acquire)
                         .is_err()
-                {
-                    continue 'walk; // another hart changed the PTE: walk again
+                    {
+                        continue 'walk; // another hart changed the PTE: walk again
+                    }
                 }
                 return Ok(((ppn << 12) & !span_mask) | (va & span_mask));
             }

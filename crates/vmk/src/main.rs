@@ -5,6 +5,7 @@
 //! `host`, `vm`, ... as further variants of [`Command`].
 
 mod image;
+mod run;
 
 use std::process::ExitCode;
 
@@ -29,15 +30,20 @@ enum Command {
     /// Build guest images (kernel + initrd) from Debian packages.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Boot a VM in the foreground, its serial console on the terminal (Ctrl-A x quits).
+    ///
+    /// Exits with the guest's exit status (the image's init script) when it powers off.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => image::run(cmd).map(|()| 0),
+        Command::Run(args) => run::run(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("vmk: error: {e}");
             ExitCode::FAILURE
@@ -73,7 +79,9 @@ mod tests {
             "/tmp/c",
         ])
         .unwrap();
-        let Command::Image(image::ImageCommand::Build(args)) = cli.command;
+        let Command::Image(image::ImageCommand::Build(args)) = cli.command else {
+            panic!("not an image command");
+        };
         assert_eq!(args.packages, vec!["fio", "sqlite3"]);
         assert_eq!(args.out, std::path::PathBuf::from("/tmp/x"));
         assert!(
