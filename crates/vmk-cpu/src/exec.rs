@@ -256,7 +256,7 @@ impl Hart {
             }};
         }
         for (i, op) in blk.ops.iter().enumerate() {
-            let op = *op;
+            // By reference: copying the op would load every field before the dispatch.
             match op.kind {
                 K::Addi => x!(op.rd) = x!(op.rs1).wrapping_add(op.imm as u64),
                 K::Add => x!(op.rd) = x!(op.rs1).wrapping_add(x!(op.rs2)),
