@@ -179,7 +179,10 @@ impl Hart {
                 tvec & !3
             }
         };
+        // The trap that led here, for the message if this turns out to be a trap loop.
+        let previous;
         if self.prv <= PrivMode::Supervisor && (deleg >> cause) & 1 != 0 {
+            previous = (self.scause, self.stval, self.sepc);
             self.scause = cause | ((interrupt as u64) << 63);
             self.sepc = epc;
             self.stval = tval;
@@ -202,6 +205,7 @@ impl Hart {
                     what: cause_name(cause, interrupt),
                 }));
             }
+            previous = (self.mcause, self.mtval, self.mepc);
             self.mcause = cause | ((interrupt as u64) << 63);
             self.mepc = epc;
             self.mtval = tval;
@@ -218,10 +222,17 @@ impl Hart {
             && (cause == crate::csr::cause::FETCH_ACCESS || cause == crate::csr::cause::FETCH_PAGE)
             && self.pc == epc
         {
+            let (pcause, ptval, ppc) = previous;
+            let pint = pcause >> 63 != 0;
+            let pcause = pcause & !(1 << 63);
             return Some(Exit::Fatal(FatalError::TrapLoop {
                 cause,
                 pc: epc,
                 what: cause_name(cause, false),
+                entered_by: format!(
+                    "{} (cause {pcause}, tval {ptval:#x}) at pc {ppc:#x}",
+                    cause_name(pcause, pint)
+                ),
             }));
         }
         None

@@ -179,20 +179,16 @@ impl Op {
         }
     }
 
-    /// True for ops after which the block must end: control flow, and anything that can change
-    /// privilege, translation, interrupt state or the instruction stream.
+    /// True for ops after which the block must end: unconditional control flow, and anything
+    /// that can change privilege, translation, interrupt state or the instruction stream.
+    /// Conditional branches do not end a block: the not-taken path continues in it and a taken
+    /// branch leaves it early, which makes blocks longer (fewer lookups per instruction).
     pub fn ends_block(&self) -> bool {
         matches!(
             self.kind,
             K::Illegal
                 | K::Jal
                 | K::Jalr
-                | K::Beq
-                | K::Bne
-                | K::Blt
-                | K::Bge
-                | K::Bltu
-                | K::Bgeu
                 | K::FenceI
                 | K::Ecall
                 | K::Ebreak

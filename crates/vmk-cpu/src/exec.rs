@@ -244,15 +244,17 @@ impl Hart {
                 }
             }};
         }
+        let n = blk.ops.len();
         macro_rules! branch {
-            ($op:expr, $cond:expr) => {{
-                let off = if $cond {
-                    $op.imm as u64
-                } else {
-                    $op.len as u64
-                };
-                self.pc = vpc.wrapping_add($op.pc_off as u64).wrapping_add(off);
-                return None;
+            ($i:expr, $op:expr, $cond:expr) => {{
+                if $cond {
+                    // Taken: leave the block; the ops after this one did not run.
+                    self.pc = vpc
+                        .wrapping_add($op.pc_off as u64)
+                        .wrapping_add($op.imm as u64);
+                    self.instret -= (n - $i - 1) as u64;
+                    return None;
+                }
             }};
         }
         for (i, op) in blk.ops.iter().enumerate() {
@@ -284,12 +286,12 @@ impl Hart {
                     self.pc = target;
                     return None;
                 }
-                K::Beq => branch!(op, x!(op.rs1) == x!(op.rs2)),
-                K::Bne => branch!(op, x!(op.rs1) != x!(op.rs2)),
-                K::Blt => branch!(op, (x!(op.rs1) as i64) < (x!(op.rs2) as i64)),
-                K::Bge => branch!(op, (x!(op.rs1) as i64) >= (x!(op.rs2) as i64)),
-                K::Bltu => branch!(op, x!(op.rs1) < x!(op.rs2)),
-                K::Bgeu => branch!(op, x!(op.rs1) >= x!(op.rs2)),
+                K::Beq => branch!(i, op, x!(op.rs1) == x!(op.rs2)),
+                K::Bne => branch!(i, op, x!(op.rs1) != x!(op.rs2)),
+                K::Blt => branch!(i, op, (x!(op.rs1) as i64) < (x!(op.rs2) as i64)),
+                K::Bge => branch!(i, op, (x!(op.rs1) as i64) >= (x!(op.rs2) as i64)),
+                K::Bltu => branch!(i, op, x!(op.rs1) < x!(op.rs2)),
+                K::Bgeu => branch!(i, op, x!(op.rs1) >= x!(op.rs2)),
                 K::Lb => x!(op.rd) = load!(i, op, 1) as i8 as i64 as u64,
                 K::Lh => x!(op.rd) = load!(i, op, 2) as i16 as i64 as u64,
                 K::Lbu => x!(op.rd) = load!(i, op, 1),

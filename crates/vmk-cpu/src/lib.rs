@@ -74,11 +74,13 @@ pub enum Irq {
 /// Why a guest cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FatalError {
-    #[error("trap loop: {what} (cause {cause}) at pc {pc:#x}, and the trap handler at that address faults the same way")]
+    #[error("trap loop: {what} (cause {cause}) at pc {pc:#x}, and the trap handler at that address faults the same way; the loop was entered by {entered_by}")]
     TrapLoop {
         cause: u64,
         pc: u64,
         what: &'static str,
+        /// The trap that jumped to the faulting handler.
+        entered_by: String,
     },
     #[error("guest trap not delegated to S-mode while the hypervisor serves as M-mode: {what} (cause {cause}, tval {tval:#x}) at pc {pc:#x}")]
     UnhandledTrap {

@@ -27,4 +27,6 @@ pub mod layout {
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// Smallest guest RAM vmk accepts.
     pub const MIN_RAM: u64 = 16 << 20;
+    /// Largest guest RAM of one VM (1 TiB; the page map alone is 2 GiB there).
+    pub const MAX_RAM: u64 = 1 << 40;
 }

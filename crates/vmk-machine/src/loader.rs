@@ -47,13 +47,19 @@ pub fn load_kernel(path: &Path) -> Result<Kernel, LoadError> {
 }
 
 fn u16_at(d: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(d.get(o..o + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        d.get(o..o.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(d: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(d.get(o..o + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        d.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(d: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(d.get(o..o + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        d.get(o..o.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 pub fn parse_kernel(data: &[u8]) -> Result<Kernel, String> {
@@ -77,7 +83,9 @@ pub fn parse_kernel(data: &[u8]) -> Result<Kernel, String> {
         if off % 0x1000 != 0 || off > 1 << 30 {
             return Err(format!("Image header has an unusable text_offset {off:#x}"));
         }
-        let footprint = off + image_size.max(data.len() as u64);
+        let footprint = off
+            .checked_add(image_size.max(data.len() as u64))
+            .ok_or_else(|| format!("Image header image_size {image_size:#x} is implausible"))?;
         return Ok(Kernel {
             segments: vec![(off, data.to_vec())],
             entry_offset: off,
@@ -146,12 +154,16 @@ fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
     // at the 2 MiB offset, keeping the segments' distances.
     let mut segments = Vec::new();
     let mut footprint = 0;
-    for (vaddr, bytes, memsz) in loads {
+    for (i, (vaddr, bytes, memsz)) in loads.into_iter().enumerate() {
         let rel = vaddr - base;
         if rel > 1 << 32 {
             return Err("ELF segments are spread over more than 4 GiB".into());
         }
-        footprint = footprint.max(DEFAULT_TEXT_OFFSET + rel + memsz);
+        let end = DEFAULT_TEXT_OFFSET
+            .checked_add(rel)
+            .and_then(|v| v.checked_add(memsz))
+            .ok_or_else(|| format!("ELF segment {i} size {memsz:#x} is too large"))?;
+        footprint = footprint.max(end);
         segments.push((DEFAULT_TEXT_OFFSET + rel, bytes));
     }
     let entry_rel = entry

@@ -47,6 +47,8 @@ pub trait SbiHost {
     /// Guest physical memory access for DBCN.
     fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool;
     fn write_guest(&self, gpa: u64, buf: &[u8]) -> bool;
+    /// Whether `[gpa, gpa + len)` is guest RAM.
+    fn is_ram(&self, gpa: u64, len: u64) -> bool;
 }
 
 /// Result in a0 (error) and a1 (value).
@@ -183,18 +185,16 @@ pub fn handle(host: &mut dyn SbiHost, hart: u64, eid: u64, fid: u64, a: [u64; 6]
             3 => {
                 // Retentive suspend behaves like WFI, which the guest may always do; the
                 // non-retentive kind is not offered.
-                if a[0] == 0 {
-                    ok(0)
-                } else if a[0] < 0x1000_0000 || (0x8000_0000..0x9000_0000).contains(&a[0]) {
-                    ret(SBI_ERR_NOT_SUPPORTED, 0)
-                } else {
-                    ret(SBI_ERR_INVALID_PARAM, 0)
+                match a[0] {
+                    0 => ok(0),
+                    0x8000_0000 => ret(SBI_ERR_NOT_SUPPORTED, 0),
+                    _ => ret(SBI_ERR_INVALID_PARAM, 0),
                 }
             }
             _ => ret(SBI_ERR_NOT_SUPPORTED, 0),
         },
         EXT_SRST if fid == 0 => {
-            if a[0] > 2 && a[0] < 0xf000_0000 {
+            if a[0] > 2 {
                 return ret(SBI_ERR_INVALID_PARAM, 0);
             }
             if a[1] > 1 && a[1] < 0xe000_0000 {
@@ -222,6 +222,9 @@ pub fn handle(host: &mut dyn SbiHost, hart: u64, eid: u64, fid: u64, a: [u64; 6]
                     host.console_write(&buf);
                     ok(len as u64)
                 } else {
+                    if !host.is_ram(gpa, len as u64) {
+                        return ret(SBI_ERR_INVALID_PARAM, 0);
+                    }
                     let mut n = 0;
                     while n < len {
                         match host.console_read_byte() {
@@ -314,6 +317,10 @@ mod tests {
         }
         fn write_guest(&self, _: u64, _: &[u8]) -> bool {
             true
+        }
+        fn is_ram(&self, gpa: u64, len: u64) -> bool {
+            gpa.checked_add(len)
+                .is_some_and(|e| e <= self.mem.len() as u64)
         }
     }
 

@@ -26,6 +26,8 @@ pub enum VmError {
     Memory(#[from] vmk_memory::MemError),
     #[error("memory size {0} MiB is too small: a Linux guest needs at least {1} MiB")]
     MemoryTooSmall(u64, u64),
+    #[error("memory size {0} GiB is more than a VM can have ({1} GiB)")]
+    MemoryTooLarge(u64, u64),
     #[error("--cpus {0}: a VM has 1 to 64 vCPUs")]
     BadCpuCount(u32),
     #[error("device tree: {0}")]
@@ -181,6 +183,9 @@ impl Vm {
         if cfg.memory < MIN_RAM {
             return Err(VmError::MemoryTooSmall(cfg.memory >> 20, MIN_RAM >> 20));
         }
+        if cfg.memory > MAX_RAM {
+            return Err(VmError::MemoryTooLarge(cfg.memory >> 30, MAX_RAM >> 30));
+        }
         let kernel = loader::load_kernel(&cfg.kernel)?;
         let initrd = match &cfg.initrd {
             Some(p) => Some(loader::load_initrd(p)?),
@@ -212,7 +217,9 @@ impl Vm {
             ],
         )?;
         let ram_mib = ram_size >> 20;
-        if kernel.footprint > ram_size {
+        // The device tree lives in the top 64 KiB of RAM; the kernel must end below it.
+        let fdt_slot = 64 << 10;
+        if kernel.footprint > ram_size - fdt_slot {
             return Err(LoadError::TooBig {
                 what: "the kernel",
                 size: kernel.footprint,
@@ -225,7 +232,6 @@ impl Vm {
             mem.write(RAM_BASE + off, bytes)?;
         }
         // Device tree at the top of RAM, the initrd below it, both clear of the kernel.
-        let fdt_slot = 64 << 10;
         let fdt_addr = RAM_BASE + ram_size - fdt_slot;
         let initrd_range = match &initrd {
             Some(data) => {
@@ -387,7 +393,22 @@ impl Vm {
                 let s = shared.clone();
                 std::thread::Builder::new()
                     .name(format!("vcpu{i}"))
-                    .spawn(move || vcpu_loop(s, i, hart))
+                    .spawn(move || {
+                        // A panic in a vCPU (a bug in vmk) ends this VM, not the host, and
+                        // must not leave the other vCPUs running forever.
+                        let s2 = s.clone();
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            vcpu_loop(s, i, hart)
+                        }));
+                        if let Err(p) = r {
+                            let msg = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "unknown panic".into());
+                            s2.finish(VmOutcome::Crashed(format!("vCPU {i} panicked: {msg}")));
+                        }
+                    })
             })
             .collect();
         for t in threads {
@@ -492,6 +513,9 @@ impl SbiHost for CallCtx<'_> {
     }
     fn write_guest(&self, gpa: u64, buf: &[u8]) -> bool {
         self.shared.mem.write(gpa, buf).is_ok()
+    }
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.shared.mem.is_ram(gpa, len)
     }
 }
 

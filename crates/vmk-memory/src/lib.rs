@@ -249,13 +249,19 @@ impl GuestMemory {
         for r in ram {
             let backing = HostRegion::new(r.size)?;
             let npages = (r.size >> PAGE_SHIFT) as usize;
-            let pages: Box<[AtomicUsize]> = (0..npages)
-                .map(|i| {
-                    AtomicUsize::new(
-                        (backing.addr + (i << PAGE_SHIFT)) | ENTRY_PRESENT | ENTRY_WRITABLE,
-                    )
-                })
-                .collect();
+            let mut pages: Vec<AtomicUsize> = Vec::new();
+            pages
+                .try_reserve_exact(npages)
+                .map_err(|e| MemError::HostAlloc {
+                    bytes: (npages * std::mem::size_of::<AtomicUsize>()) as u64,
+                    reason: format!("page map for {} MiB of guest RAM: {e}", r.size >> 20),
+                })?;
+            pages.extend((0..npages).map(|i| {
+                AtomicUsize::new(
+                    (backing.addr + (i << PAGE_SHIFT)) | ENTRY_PRESENT | ENTRY_WRITABLE,
+                )
+            }));
+            let pages = pages.into_boxed_slice();
             regions.push(RamRegion {
                 base: r.base,
                 size: r.size,
