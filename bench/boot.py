@@ -1,0 +1,467 @@
+#!/usr/bin/env python3
+"""Boot benchmark: a Debian riscv64 guest under vmk and under QEMU TCG, same kernel and initrd.
+
+What it measures, per run, from host timestamps (time.monotonic) taken when each console line
+arrives on the VM process's stdout, counted from just before the process is started:
+
+  kernel banner   the line "Linux version ..."     (firmware, loading and the kernel until its
+                                                   earlycon is up; QEMU runs OpenSBI first)
+  boot to ready   the line "vmk-guest: ready"      (kernel boot + /init: mounts, insmod, NICs)
+  banner to ready the difference: kernel init + /init alone, without the firmware and the
+                  kernel's work before its earlycon is up (under QEMU 7.2 that stretch takes
+                  about 2 s, under vmk about 0.15 s; `nokaslr` does not change it)
+  sha256 32 MiB   between the two markers the init script prints around
+                  `dd if=/dev/zero bs=1M count=32 | sha256sum` (a CPU-bound guest workload)
+  total           until the process has exited (guest poweroff -f, VM torn down)
+
+How: one image is built with `vmk image build --out DIR --init-script S` into
+<cache>/bench/boot-<key> (cache = $VMK_CACHE, else $XDG_CACHE_HOME/vmk, else ~/.cache/vmk, the
+image builder's own default) and reused while the init script and the vmk-image sources are
+unchanged (--rebuild forces a build). Its vmlinux and initrd.img are then booted alternately in
+
+  vmk:  target/release/vmk run --image DIR --memory 512M --cpus N --append A
+  QEMU: qemu-system-riscv64 -machine virt -smp N -m 512M -nographic -no-reboot
+        -kernel DIR/vmlinux -initrd DIR/initrd.img -append A      (default OpenSBI firmware)
+
+with A = "console=ttyS0 earlycon=sbi", --runs times each. A run fails (loudly; the script
+exits 1) if it times out (it is killed), exits non-zero, does not report
+`vmk-guest: exit-status 0`, misses a marker, or prints a sha256 other than the one computed
+here for 32 MiB of zeros. Each run's console, with the arrival time of every line, is kept in
+the log directory (default target/bench-boot/<date-time>/).
+
+Prints medians with min/max of the successful runs for vmk and QEMU, the ratio of medians and
+the host load average (before and after; the machine should be otherwise idle). Before each
+run it waits (--wait-idle, up to 120 s) until other processes use under 1/4 CPU, and for each
+run it reports the CPU the VM process used and what other processes used meanwhile (from
+/proc/stat minus the child's rusage), so noisy runs can be spotted.
+Only the Python standard library is used. Entry point: bench/boot.sh (builds vmk first).
+"""
+
+import argparse
+import datetime
+import hashlib
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+APPEND = "console=ttyS0 earlycon=sbi"
+READY = "vmk-guest: ready"
+EXIT_STATUS = "vmk-guest: exit-status "
+START_MARK = "vmk-bench: sha256 start"
+END_MARK = "vmk-bench: sha256 end"
+BANNER = "Linux version "
+ZERO_MIB = 32
+EXPECTED_SHA = hashlib.sha256(bytes(ZERO_MIB << 20)).hexdigest()
+SHA_RE = re.compile(r"\b([0-9a-f]{64})\b")
+
+INIT_SCRIPT = f"""\
+# vmk bench/boot.py workload: the host timestamps the two markers.
+echo "{START_MARK}"
+dd if=/dev/zero bs=1M count={ZERO_MIB} | sha256sum
+echo "{END_MARK}"
+exit 0
+"""
+
+# (key, label) in table order.
+METRICS = [
+    ("banner", "kernel banner"),
+    ("ready", "boot to ready"),
+    ("kboot", "banner to ready"),
+    ("sha", f"sha256 {ZERO_MIB} MiB"),
+    ("total", "total"),
+]
+
+
+def die(msg):
+    print(f"boot.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def cache_dir():
+    """The image builder's default cache (vmk_image::default_cache_dir)."""
+    for var, sub in (("VMK_CACHE", None), ("XDG_CACHE_HOME", "vmk")):
+        v = os.environ.get(var)
+        if v:
+            return Path(v) / sub if sub else Path(v)
+    home = os.environ.get("HOME")
+    return Path(home) / ".cache/vmk" if home else Path(".vmk-cache")
+
+
+def image_key():
+    """Changes when the init script or the image builder's sources change."""
+    h = hashlib.sha256(INIT_SCRIPT.encode())
+    src = REPO / "crates" / "vmk-image"
+    for p in sorted(src.rglob("*")):
+        wanted = p.suffix == ".rs" or p.name == "Cargo.toml"
+        if wanted and p.is_file() and "target" not in p.parts:
+            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_image(vmk, rebuild):
+    cache = cache_dir()
+    key = image_key()
+    out = cache / "bench" / f"boot-{key}"
+    stamp = out / ".bench-complete"
+    files = [out / "vmlinux", out / "initrd.img"]
+    if not rebuild and stamp.exists() and all(f.exists() for f in files):
+        print(f"image: reusing {out}")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    script = out / "bench-init.sh"
+    script.write_text(INIT_SCRIPT)
+    cmd = [str(vmk), "image", "build", "--out", str(out), "--init-script", str(script), "-q"]
+    print(f"image: building {out}", flush=True)
+    t = time.monotonic()
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        die(f"`{' '.join(cmd)}` failed with status {r.returncode}")
+    print(f"image: built in {time.monotonic() - t:.1f} s")
+    stamp.write_text(key + "\n")
+    return out
+
+
+class RunError(Exception):
+    pass
+
+
+def boot_once(name, cmd, timeout, log_path):
+    """Runs one VM; returns {metric: seconds}. Raises RunError with the reason on failure."""
+    lines = []  # (t, text)
+    marks = {}
+    buf = b""
+    err_path = log_path.with_suffix(".stderr")
+    with open(err_path, "wb") as err:
+        j0, c0 = cpu_jiffies(), children_cpu()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        deadline = t0 + timeout
+        timed_out = False
+
+        def take_line(t, raw):
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            lines.append((t, text))
+            if "banner" not in marks and BANNER in text:
+                marks["banner"] = t
+            if text.endswith(READY) and "ready" not in marks:
+                marks["ready"] = t
+            if text.endswith(START_MARK) and "start" not in marks:
+                marks["start"] = t
+            if text.endswith(END_MARK) and "end" not in marks:
+                marks["end"] = t
+            if "start" in marks and "end" not in marks and "sha" not in marks:
+                m = SHA_RE.search(text)
+                if m:
+                    marks["sha"] = m.group(1)
+            i = text.rfind(EXIT_STATUS)
+            if i >= 0:
+                marks["status"] = text[i + len(EXIT_STATUS):].strip()
+
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                if not sel.select(min(left, 1.0)):
+                    continue
+                t = time.monotonic() - t0
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    raw, buf = buf.split(b"\n", 1)
+                    take_line(t, raw)
+            if buf:
+                take_line(time.monotonic() - t0, buf)
+            if timed_out:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            else:
+                # stdout closed: the process is exiting (or has closed it). Give it the rest
+                # of the timeout to go.
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            t_exit = time.monotonic() - t0
+            j1, c1 = cpu_jiffies(), children_cpu()
+        finally:
+            sel.close()
+            proc.stdout.close()
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    # CPU time of the VM process, and what everything else on the host used meanwhile.
+    vm_cpu = c1 - c0
+    others = max(0.0, busy_cores(j0, j1) - vm_cpu / t_exit) if t_exit > 0 else 0.0
+    with open(log_path, "w") as f:
+        f.write(f"# {' '.join(cmd)}\n# exit status {proc.returncode}, {t_exit:.3f} s, "
+                f"VM process CPU {vm_cpu:.2f} s, other host load {others:.2f} CPUs\n")
+        for t, text in lines:
+            f.write(f"[{t:9.3f}] {text}\n")
+
+    problems = []
+    if timed_out:
+        problems.append(f"timed out after {timeout:.0f} s (killed)")
+    elif proc.returncode != 0:
+        problems.append(f"exit status {proc.returncode}")
+    for k, what in (("banner", f"'{BANNER}...'"), ("ready", f"'{READY}'"),
+                    ("start", f"'{START_MARK}'"), ("end", f"'{END_MARK}'")):
+        if k not in marks:
+            problems.append(f"no {what} line")
+    if "start" in marks and "end" in marks:
+        if "sha" not in marks:
+            problems.append("no sha256 printed between the markers")
+        elif marks["sha"] != EXPECTED_SHA:
+            problems.append(f"WRONG sha256 {marks['sha']} (expected {EXPECTED_SHA})")
+    if marks.get("status") != "0" and not timed_out:
+        problems.append(f"guest exit-status {marks.get('status', 'missing')}")
+    if problems:
+        tail = "\n".join(f"    [{t:8.3f}] {s}" for t, s in lines[-15:])
+        err_tail = ""
+        try:
+            e = err_path.read_text(errors="replace").strip().splitlines()[-10:]
+            if e:
+                err_tail = "\n  stderr:\n" + "\n".join("    " + s for s in e)
+        except OSError:
+            pass
+        raise RunError(
+            "; ".join(problems)
+            + f"\n  console tail ({log_path}):\n{tail}{err_tail}"
+        )
+    return {
+        "banner": marks["banner"],
+        "ready": marks["ready"],
+        "kboot": marks["ready"] - marks["banner"],
+        "sha": marks["end"] - marks["start"],
+        "total": t_exit,
+        "vm_cpu": vm_cpu,
+        "others": others,
+    }
+
+
+def cpu_jiffies():
+    """(busy, total) jiffies summed over all host CPUs, from /proc/stat (None if unreadable)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    total = sum(v[:8])  # guest time is already counted in user/nice
+    return total - idle, total
+
+
+def busy_cores(a, b):
+    """Host CPUs kept busy between two cpu_jiffies() samples."""
+    if not a or not b or b[1] <= a[1]:
+        return 0.0
+    return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_idle(limit, threshold=0.25):
+    """Waits up to `limit` s until other processes use less than `threshold` of a CPU (over
+    2 s). Returns (seconds waited, busy cores last seen)."""
+    t = time.monotonic()
+    while True:
+        a = cpu_jiffies()
+        time.sleep(2)
+        busy = busy_cores(a, cpu_jiffies())
+        waited = time.monotonic() - t
+        if busy < threshold or waited >= limit:
+            return waited, busy
+
+
+def load():
+    try:
+        a, b, c = os.getloadavg()
+        return f"{a:.2f} {b:.2f} {c:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def describe_git():
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fmt_s(x):
+    return f"{x:.2f} s" if x < 100 else f"{x:.1f} s"
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="Boot a Debian riscv64 guest under vmk and QEMU and compare the times.")
+    ap.add_argument("--runs", type=int, default=5, help="boots per VM (default 5)")
+    ap.add_argument("--cpus", type=int, default=1, help="vCPUs for both (default 1)")
+    ap.add_argument("--memory", default="512M", help="guest memory (default 512M)")
+    ap.add_argument("--timeout", type=float, default=300, help="per run, seconds (default 300)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--vmk-only", action="store_true")
+    g.add_argument("--qemu-only", action="store_true")
+    ap.add_argument("--vmk", type=Path, default=None,
+                    help="vmk binary (default: $CARGO_TARGET_DIR or target, release/vmk)")
+    ap.add_argument("--qemu", default="qemu-system-riscv64")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the image even if cached")
+    ap.add_argument("--log-dir", type=Path, default=None,
+                    help="where console logs go (default target/bench-boot/<date-time>)")
+    ap.add_argument("--wait-idle", type=float, default=120, metavar="S",
+                    help="before each run, wait up to S seconds until other processes use "
+                         "less than 1/4 of a CPU (default 120; 0 = don't wait)")
+    ap.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
+    args = ap.parse_args()
+    if args.runs < 1 or args.cpus < 1:
+        die("--runs and --cpus must be at least 1")
+
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    vmk = args.vmk or target / "release" / "vmk"
+    if not vmk.exists():
+        die(f"{vmk} not found; run bench/boot.sh (it builds vmk) or pass --vmk")
+    vms = []
+    if not args.qemu_only:
+        vms.append("vmk")
+    if not args.vmk_only:
+        if not shutil.which(args.qemu):
+            die(f"{args.qemu} not found (install qemu-system-misc) or use --vmk-only")
+        vms.append("qemu")
+
+    load_before = load()
+    a = cpu_jiffies()
+    time.sleep(1)
+    busy = busy_cores(a, cpu_jiffies())
+    print(f"host: {os.cpu_count()} cpus, load average {load_before} (1/5/15 min), "
+          f"{busy:.2f} CPUs busy now")
+    if busy >= 0.25 and args.wait_idle <= 0:
+        print("host: WARNING: the machine is busy; timings will be noisy", flush=True)
+    image = ensure_image(vmk, args.rebuild)
+    log_dir = args.log_dir or target / "bench-boot" / datetime.datetime.now().strftime(
+        "%Y%m%d-%H%M%S")
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    cmds = {
+        "vmk": [str(vmk), "run", "--image", str(image), "--memory", args.memory,
+                "--cpus", str(args.cpus), "--append", APPEND],
+        "qemu": [args.qemu, "-machine", "virt", "-smp", str(args.cpus), "-m", args.memory,
+                 "-nographic", "-no-reboot", "-kernel", str(image / "vmlinux"),
+                 "-initrd", str(image / "initrd.img"), "-append", APPEND],
+    }
+    qver = ""
+    if "qemu" in vms:
+        qver = subprocess.run([args.qemu, "--version"], capture_output=True,
+                              text=True).stdout.splitlines()[0]
+    print(f"vmk:  {describe_git()} ({vmk})")
+    if qver:
+        print(f"qemu: {qver}")
+    print(f"runs: {args.runs} each, alternating; {args.cpus} vCPU, {args.memory}; "
+          f"timeout {args.timeout:.0f} s; logs in {log_dir}")
+    print(f"expected sha256 of {ZERO_MIB} MiB of zeros: {EXPECTED_SHA}\n", flush=True)
+
+    results = {vm: [] for vm in vms}
+    failures = []
+    for i in range(1, args.runs + 1):
+        for vm in vms:
+            log = log_dir / f"{vm}-{i}.log"
+            if args.wait_idle > 0:
+                waited, busy = wait_idle(args.wait_idle)
+                if busy >= 0.25:
+                    print(f"host: still busy ({busy:.2f} CPUs) after waiting {waited:.0f} s; "
+                          "running anyway", flush=True)
+                elif waited > 3:
+                    print(f"host: waited {waited:.0f} s for other processes", flush=True)
+            try:
+                r = boot_once(vm, cmds[vm], args.timeout, log)
+            except RunError as e:
+                failures.append((vm, i, str(e)))
+                print(f"{vm:4} run {i}: FAILED: {e}", flush=True)
+                if args.fail_fast:
+                    break
+                continue
+            results[vm].append(r)
+            print(f"{vm:4} run {i}: " + ", ".join(
+                f"{label} {r[k]:.2f} s" for k, label in METRICS)
+                + f"; VM process CPU {r['vm_cpu']:.1f} s, others used {r['others']:.2f} CPUs",
+                flush=True)
+        if failures and args.fail_fast:
+            break
+
+    load_after = load()
+    print()
+    cell = 26
+    head = f"{'metric':16}" + "".join(f"{vm + ' median (min-max)':>{cell}}" for vm in vms)
+    if len(vms) == 2:
+        head += f"{'vmk/qemu':>10}"
+    print(head)
+    for k, label in METRICS:
+        row = f"{label:16}"
+        meds = {}
+        for vm in vms:
+            xs = [r[k] for r in results[vm]]
+            if xs:
+                meds[vm] = statistics.median(xs)
+                c = f"{fmt_s(meds[vm])} ({min(xs):.2f}-{max(xs):.2f})"
+            else:
+                c = "-"
+            row += f"{c:>{cell}}"
+        if len(vms) == 2:
+            if len(meds) == 2 and meds["qemu"] > 0:
+                ratio = meds["vmk"] / meds["qemu"]
+                row += f"{ratio:>9.2f}x" if ratio < 1 else f"{ratio:>9.1f}x"
+            else:
+                row += f"{'-':>10}"
+        print(row)
+    if any(results.values()):
+        print("other host load during the runs (mean CPUs used by other processes): "
+              + ", ".join(f"{vm} {statistics.mean(r['others'] for r in results[vm]):.2f}"
+                          for vm in vms if results[vm]))
+    print("successful runs: " + ", ".join(f"{vm} {len(results[vm])}/{args.runs}" for vm in vms))
+    print(f"host load average: before {load_before}, after {load_after} (1/5/15 min, "
+          f"{os.cpu_count()} cpus)")
+    if failures:
+        print(f"\nFAILED: {len(failures)} run(s):", file=sys.stderr)
+        for vm, i, e in failures:
+            print(f"  {vm} run {i}: {e.splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
