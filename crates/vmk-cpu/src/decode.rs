@@ -15,6 +15,9 @@ pub enum K {
     Lui,
     Auipc,
     Jal,
+    /// A JAL whose target is in the same page and was decoded into the same block: it only
+    /// writes the link register; the next op is the target's.
+    JalInline,
     Jalr,
     Beq,
     Bne,
@@ -145,8 +148,9 @@ pub struct Op {
     pub rm: u8,
     /// Instruction length in bytes (2 or 4).
     pub len: u8,
-    /// Byte offset of the instruction from the start of its block.
-    pub pc_off: u16,
+    /// Byte offset of the instruction from the start of its block (negative after a followed
+    /// backward jump).
+    pub pc_off: i16,
     /// The F/D operation of a [`K::Fp`] op.
     pub fp: FpOp,
     /// The instruction bits, for `tval` when the op turns out to be illegal at run time.

@@ -52,21 +52,23 @@ impl Hart {
         gpa: u64,
         host: *const u8,
     ) -> Result<*const Block, BlockErr> {
-        let mut ops = Vec::with_capacity(16);
-        let mut off: u64 = 0;
-        let page_left = 0x1000 - (gpa & 0xfff);
-        while ops.len() < MAX_BLOCK_OPS && off + 2 <= page_left {
-            // SAFETY: host..host+page_left lies in one guest RAM frame.
-            let lo = unsafe { (host.add(off as usize) as *const u16).read_unaligned() };
+        let mut ops: Vec<Op> = Vec::with_capacity(16);
+        // Offsets within the page: the block may follow direct jumps inside it.
+        let start_off = (gpa & 0xfff) as i64;
+        let page_host = host.wrapping_sub(start_off as usize);
+        let mut cur = start_off;
+        while ops.len() < MAX_BLOCK_OPS && cur + 2 <= 0x1000 {
+            // SAFETY: page_host..page_host+4096 is one guest RAM frame; cur + 2 <= 4096.
+            let lo = unsafe { (page_host.add(cur as usize) as *const u16).read_unaligned() };
             let mut op = if lo & 3 != 3 {
                 decode16(lo)
-            } else if off + 4 <= page_left {
+            } else if cur + 4 <= 0x1000 {
                 // SAFETY: as above, 4 bytes are left in the frame.
-                decode32(unsafe { (host.add(off as usize) as *const u32).read_unaligned() })
+                decode32(unsafe { (page_host.add(cur as usize) as *const u32).read_unaligned() })
             } else {
                 // A 32-bit instruction that crosses into the next page.
                 if ops.is_empty() {
-                    let hi_va = pc.wrapping_add(off + 2);
+                    let hi_va = pc.wrapping_add((0x1000 - start_off) as u64);
                     let hi = match self.fetch_addr(hi_va) {
                         // SAFETY: fetch_addr returns a host address inside a guest frame with
                         // at least 2 bytes left (hi_va is page aligned).
@@ -80,15 +82,30 @@ impl Hart {
                 }
                 break;
             };
-            op.pc_off = off as u16;
-            off += op.len as u64;
+            op.pc_off = (cur - start_off) as i16;
+            cur += op.len as i64;
+            if op.kind == K::Jal {
+                // Follow a direct jump that stays in this page and does not loop back into
+                // the block: one block instead of two.
+                let target = cur - op.len as i64 + op.imm;
+                let seen = ops.iter().any(|o| o.pc_off as i64 == target - start_off);
+                if (0..0x1000).contains(&target) && !seen && target != cur - op.len as i64 {
+                    op.kind = K::JalInline;
+                    ops.push(op);
+                    cur = target;
+                    continue;
+                }
+            }
             let end = op.ends_block();
             ops.push(op);
             if end {
                 break;
             }
         }
-        let blk = Box::new(Block { ops, bytes: off });
+        let blk = Box::new(Block {
+            ops,
+            end_off: cur - start_off,
+        });
         let ptr: *const Block = &*blk;
         self.cache.arena.push(blk);
         self.cache.by_gpa.insert(gpa, ptr);
@@ -129,7 +146,7 @@ impl Hart {
     /// Ends the block at op `i` with exception `cause`: the op did not retire.
     #[cold]
     fn raise(&mut self, vpc: u64, blk: &Block, i: usize, cause: u64, tval: u64) -> Option<Exit> {
-        self.pc = vpc.wrapping_add(blk.ops[i].pc_off as u64);
+        self.pc = vpc.wrapping_add(blk.ops[i].pc_off as i64 as u64);
         self.instret -= (blk.ops.len() - i) as u64;
         self.take_trap(cause, tval, false)
     }
@@ -143,7 +160,7 @@ impl Hart {
     /// Ends the block after op `i` (which retired) with the pc at the next instruction.
     fn leave_after(&mut self, vpc: u64, blk: &Block, i: usize) {
         let op = &blk.ops[i];
-        self.pc = vpc.wrapping_add(op.pc_off as u64 + op.len as u64);
+        self.pc = vpc.wrapping_add((op.pc_off as i64 + op.len as i64) as u64);
         self.instret -= (blk.ops.len() - i - 1) as u64;
     }
 
@@ -250,7 +267,7 @@ impl Hart {
                 if $cond {
                     // Taken: leave the block; the ops after this one did not run.
                     self.pc = vpc
-                        .wrapping_add($op.pc_off as u64)
+                        .wrapping_add($op.pc_off as i64 as u64)
                         .wrapping_add($op.imm as u64);
                     self.instret -= (n - $i - 1) as u64;
                     return None;
@@ -269,18 +286,22 @@ impl Hart {
                 K::Lui => x!(op.rd) = op.imm as u64,
                 K::Auipc => {
                     x!(op.rd) = vpc
-                        .wrapping_add(op.pc_off as u64)
+                        .wrapping_add(op.pc_off as i64 as u64)
                         .wrapping_add(op.imm as u64)
                 }
                 K::Jal => {
-                    let here = vpc.wrapping_add(op.pc_off as u64);
+                    let here = vpc.wrapping_add(op.pc_off as i64 as u64);
                     x!(op.rd) = here.wrapping_add(op.len as u64);
                     self.x[X_SINK as usize] = 0;
                     self.pc = here.wrapping_add(op.imm as u64);
                     return None;
                 }
+                K::JalInline => {
+                    let here = vpc.wrapping_add(op.pc_off as i64 as u64);
+                    x!(op.rd) = here.wrapping_add(op.len as u64);
+                }
                 K::Jalr => {
-                    let here = vpc.wrapping_add(op.pc_off as u64);
+                    let here = vpc.wrapping_add(op.pc_off as i64 as u64);
                     let target = x!(op.rs1).wrapping_add(op.imm as u64) & !1;
                     x!(op.rd) = here.wrapping_add(op.len as u64);
                     self.pc = target;
@@ -564,7 +585,7 @@ impl Hart {
                     return self.raise(vpc, blk, i, c, 0);
                 }
                 K::Ebreak => {
-                    let here = vpc.wrapping_add(op.pc_off as u64);
+                    let here = vpc.wrapping_add(op.pc_off as i64 as u64);
                     return self.raise(vpc, blk, i, cause::BREAKPOINT, here);
                 }
                 K::Mret => {
@@ -618,7 +639,7 @@ impl Hart {
             }
         }
         self.x[X_SINK as usize] = 0;
-        self.pc = vpc.wrapping_add(blk.bytes);
+        self.pc = vpc.wrapping_add(blk.end_off as u64);
         None
     }
 }

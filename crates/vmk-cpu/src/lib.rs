@@ -277,8 +277,9 @@ impl Tlb {
 /// transfer, a system op, the page end or a length limit.
 pub(crate) struct Block {
     ops: Vec<Op>,
-    /// Length in bytes of the guest code the block covers.
-    bytes: u64,
+    /// Offset from the block's start of the instruction after its last op (where execution
+    /// continues when no op left the block).
+    end_off: i64,
 }
 
 const JC_BITS: u32 = 12;
@@ -593,7 +594,7 @@ impl Hart {
                         // An instruction that crosses a page: run it alone, uncached.
                         let blk = Block {
                             ops: vec![op],
-                            bytes: op.len as u64,
+                            end_off: op.len as i64,
                         };
                         self.instret += 1;
                         if let Some(x) = self.exec_block(&blk) {
