@@ -12,6 +12,8 @@ pub struct FdtConfig {
     pub bootargs: String,
     pub initrd: Option<(u64, u64)>,
     pub timebase_hz: u32,
+    /// virtio-mmio devices: (base address, PLIC source).
+    pub virtio: Vec<(u64, u32)>,
 }
 
 /// Extensions the vCPU implements, exactly (see vmk-cpu).
@@ -107,6 +109,15 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, vm_fdt::Error> {
     f.property_u32("interrupt-parent", PHANDLE_PLIC)?;
     f.property_u32("interrupts", layout::UART_IRQ)?;
     f.end_node(uart)?;
+
+    for (base, irq) in &cfg.virtio {
+        let v = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
+        f.property_string("compatible", "virtio,mmio")?;
+        f.property_array_u64("reg", &[*base, layout::VIRTIO_STRIDE])?;
+        f.property_u32("interrupt-parent", PHANDLE_PLIC)?;
+        f.property_u32("interrupts", *irq)?;
+        f.end_node(v)?;
+    }
 
     f.end_node(soc)?;
     f.end_node(root)?;

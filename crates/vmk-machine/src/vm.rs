@@ -258,6 +258,7 @@ impl Vm {
             bootargs: cfg.cmdline.clone(),
             initrd: initrd_range,
             timebase_hz: TIMEBASE_HZ as u32,
+            virtio: Vec::new(),
         })
         .map_err(|e| VmError::Fdt(e.to_string()))?;
         if dtb.len() as u64 > fdt_slot {
