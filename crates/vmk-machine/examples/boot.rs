@@ -29,6 +29,7 @@ fn main() {
         initrd: initrd.map(Into::into),
         cmdline,
         console: Arc::new(Stdout),
+        disks: Vec::new(),
     })
     .unwrap_or_else(|e| {
         eprintln!("error: {e}");

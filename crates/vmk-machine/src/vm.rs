@@ -55,6 +55,15 @@ pub trait Console: Send + Sync {
     fn write(&self, bytes: &[u8]);
 }
 
+/// A virtual disk to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// virtio-blk serial (GET_ID), at most 20 bytes.
+    pub serial: Option<String>,
+}
+
 pub struct VmConfig {
     pub cpus: u32,
     pub memory: u64,
@@ -62,6 +71,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub console: Arc<dyn Console>,
+    /// Disks, attached as virtio-blk devices in this order.
+    pub disks: Vec<DiskSpec>,
 }
 
 /// Adapts the console to `std::io::Write` for the UART.

@@ -70,6 +70,7 @@ fn config(kernel: PathBuf, cpus: u32, memory: u64, console: Arc<Capture>) -> VmC
         initrd: None,
         cmdline: "hostile".into(),
         console,
+        disks: Vec::new(),
     }
 }
 

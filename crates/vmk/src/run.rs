@@ -31,6 +31,44 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
+    /// A virtual disk (VMDK or raw file), seen by the guest as /dev/vda, /dev/vdb, ... in
+    /// the order given. Options: `readonly`, `serial=S` (at most 20 bytes).
+    #[arg(long = "disk", value_name = "PATH[,readonly][,serial=S]", value_parser = parse_disk)]
+    pub disks: Vec<vmk_machine::DiskSpec>,
+}
+
+/// Parses `PATH[,readonly][,serial=S]`.
+pub fn parse_disk(s: &str) -> Result<vmk_machine::DiskSpec, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err("--disk needs a path: --disk PATH[,readonly][,serial=S]".into());
+    }
+    let mut spec = vmk_machine::DiskSpec {
+        path: PathBuf::from(path),
+        read_only: false,
+        serial: None,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "readonly" || opt == "ro" => spec.read_only = true,
+            Some(("serial", v)) => {
+                if v.len() > 20 {
+                    return Err(format!(
+                        "disk serial '{v}' is {} bytes; virtio-blk serials are at most 20",
+                        v.len()
+                    ));
+                }
+                spec.serial = Some(v.to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "unknown disk option '{opt}' in '{s}' (known: readonly, serial=S)"
+                ))
+            }
+        }
+    }
+    Ok(spec)
 }
 
 /// Parses sizes like `512M`, `2G`, `65536K` or plain bytes.
@@ -185,6 +223,7 @@ pub fn run(args: RunArgs) -> Result<i32, CmdError> {
         initrd,
         cmdline,
         console,
+        disks: args.disks.clone(),
     })?;
     let raw = RawMode::enable();
     if raw.is_some() {
@@ -259,6 +298,22 @@ mod tests {
         assert!(parse_size("99999999999T")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d = parse_disk("/tmp/a.vmdk,readonly,serial=abc").unwrap();
+        assert_eq!(d.path, PathBuf::from("/tmp/a.vmdk"));
+        assert!(d.read_only);
+        assert_eq!(d.serial.as_deref(), Some("abc"));
+        assert!(!parse_disk("x.img").unwrap().read_only);
+        assert!(parse_disk("").unwrap_err().contains("needs a path"));
+        assert!(parse_disk("x,bogus")
+            .unwrap_err()
+            .contains("unknown disk option 'bogus'"));
+        assert!(parse_disk("x,serial=123456789012345678901")
+            .unwrap_err()
+            .contains("at most 20"));
     }
 
     #[test]
