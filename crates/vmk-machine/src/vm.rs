@@ -197,6 +197,11 @@ impl Vm {
         if cfg.memory > MAX_RAM {
             return Err(VmError::MemoryTooLarge(cfg.memory >> 30, MAX_RAM >> 30));
         }
+        if !cfg.disks.is_empty() {
+            return Err(VmError::Devices(
+                "virtual disks are not supported by this build yet".into(),
+            ));
+        }
         let kernel = loader::load_kernel(&cfg.kernel)?;
         let initrd = match &cfg.initrd {
             Some(p) => Some(loader::load_initrd(p)?),
