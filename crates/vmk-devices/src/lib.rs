@@ -28,6 +28,7 @@ pub mod layout;
 mod plic;
 mod test_dev;
 mod uart;
+pub mod virtio;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -35,6 +36,7 @@ pub use bus::{MmioBus, SharedDevice};
 pub use plic::{context_for_hart, Plic, PlicSource, PLIC_MAX_CONTEXTS, PLIC_MAX_PRIORITY};
 pub use test_dev::{PowerRequest, PowerState, SifiveTest};
 pub use uart::{Uart, UartInput, UartStats, UART_RX_FIFO_LEN};
+pub use virtio::{BlockBackend, BlockConfig, RawFileBackend, VirtioBlk, VirtioDevice, VirtioMmio};
 
 /// A memory-mapped device.
 pub trait MmioDevice: Send {

@@ -1,6 +1,7 @@
 //! Assembles a vmk virtual machine: guest memory map, devices, device tree, kernel loading,
 //! the SBI, and one host thread per vCPU.
 
+mod disk;
 pub mod fdt;
 pub mod loader;
 pub mod sbi;
@@ -24,6 +25,12 @@ pub mod layout {
     pub const VIRTIO_BASE: u64 = 0x1000_1000;
     pub const VIRTIO_STRIDE: u64 = 0x1000;
     pub const VIRTIO_SLOTS: u64 = 8;
+    pub const fn virtio_base(i: u32) -> u64 {
+        VIRTIO_BASE + VIRTIO_STRIDE * i as u64
+    }
+    pub const fn virtio_irq(i: u32) -> u32 {
+        1 + i
+    }
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// Smallest guest RAM vmk accepts.
     pub const MIN_RAM: u64 = 16 << 20;

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use vmk_cpu::{
     Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
 };
-use vmk_devices::{IrqLine, MmioBus, Plic, PowerRequest, PowerState, SifiveTest, Uart, UartInput};
+use vmk_devices::{
+    BlockConfig, IrqLine, MmioBus, Plic, PowerRequest, PowerState, SifiveTest, Uart, UartInput,
+    VirtioBlk, VirtioMmio,
+};
 
 const TIMEBASE_HZ: u64 = 10_000_000;
 /// Instructions per `run` call: bounds timer latency (~0.2-1 ms at 200-500 MIPS).
@@ -197,10 +200,15 @@ impl Vm {
         if cfg.memory > MAX_RAM {
             return Err(VmError::MemoryTooLarge(cfg.memory >> 30, MAX_RAM >> 30));
         }
-        if !cfg.disks.is_empty() {
-            return Err(VmError::Devices(
-                "virtual disks are not supported by this build yet".into(),
-            ));
+        if cfg.disks.len() as u64 > VIRTIO_SLOTS {
+            return Err(VmError::Devices(format!(
+                "{} disks: a VM has at most {VIRTIO_SLOTS} virtio devices",
+                cfg.disks.len()
+            )));
+        }
+        let mut backends = Vec::new();
+        for d in &cfg.disks {
+            backends.push(crate::disk::open(d)?);
         }
         let kernel = loader::load_kernel(&cfg.kernel)?;
         let initrd = match &cfg.initrd {
@@ -274,7 +282,9 @@ impl Vm {
             bootargs: cfg.cmdline.clone(),
             initrd: initrd_range,
             timebase_hz: TIMEBASE_HZ as u32,
-            virtio: Vec::new(),
+            virtio: (0..backends.len() as u32)
+                .map(|i| (virtio_base(i), virtio_irq(i)))
+                .collect(),
         })
         .map_err(|e| VmError::Fdt(e.to_string()))?;
         if dtb.len() as u64 > fdt_slot {
@@ -308,6 +318,10 @@ impl Vm {
             h.set_csr(0x302, 0xb1ff);
             h.set_csr(0x303, 0x222);
             h.set_csr(0x306, 0xffff_ffff);
+            // As OpenSBI does: user mode may read cycle, time and instret unless the kernel
+            // says otherwise (Linux's legacy PMU driver relies on this; the vDSO and glibc
+            // read `time` directly).
+            h.set_csr(0x106, 0x7);
             h.set_csr(0x30a, 0);
             harts.push(h);
         }
@@ -358,6 +372,29 @@ impl Vm {
             Arc::new(Mutex::new(SifiveTest::new(power.clone()))),
         )
         .map_err(dev_err)?;
+        for (i, (backend, spec)) in backends.into_iter().zip(&cfg.disks).enumerate() {
+            let slot = i as u32;
+            let irq: Arc<dyn IrqLine> =
+                Arc::new(plic.source(virtio_irq(slot)).ok_or_else(|| {
+                    VmError::Devices(format!("no PLIC source {} for disk {i}", virtio_irq(slot)))
+                })?);
+            let blk = VirtioBlk::new(
+                backend,
+                BlockConfig {
+                    read_only: spec.read_only,
+                    serial: spec.serial.clone().unwrap_or_default(),
+                    ..BlockConfig::default()
+                },
+            );
+            let dev = Arc::new(Mutex::new(VirtioMmio::new(blk, mem.clone(), irq)));
+            bus.register(
+                &format!("virtio-blk{i}"),
+                virtio_base(slot),
+                VIRTIO_STRIDE,
+                dev,
+            )
+            .map_err(dev_err)?;
+        }
         bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
             .map_err(dev_err)?;
         let shared = Arc::new(Shared {
