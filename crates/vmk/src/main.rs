@@ -4,6 +4,7 @@
 //! `Args`) type and a `run` function; `main` only parses and dispatches. Add `run`, `disk`,
 //! `host`, `vm`, ... as further variants of [`Command`].
 
+mod disk;
 mod image;
 mod run;
 
@@ -30,6 +31,9 @@ enum Command {
     /// Build guest images (kernel + initrd) from Debian packages.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Create, inspect, check, convert and grow virtual disks (VMDK, raw).
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
     /// Boot a VM in the foreground, its serial console on the terminal (Ctrl-A x quits).
     ///
     /// Exits with the guest's exit status (the image's init script) when it powers off.
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Run(args) => run::run(args),
+        Command::Disk(cmd) => disk::run(cmd).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -117,3 +117,54 @@ fn ext4_on_a_raw_disk_survives_a_reboot() {
     drop(f);
     round_trip(&disk);
 }
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is missing: apt-get install qemu-utils (scripts/deps does)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "qemu-img {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn ext4_on_a_vmdk_survives_a_reboot_and_qemu_img_agrees() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let disk = tmp.join("disk-test.vmdk");
+    let raw = tmp.join("disk-test-copy.raw");
+    let _ = std::fs::remove_file(&disk);
+    let _ = std::fs::remove_file(&raw);
+    let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
+        .args(["disk", "create", "--size", "1G"])
+        .arg(&disk)
+        .output()
+        .expect("run vmk disk create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    round_trip(&disk);
+    let d = disk.to_string_lossy().into_owned();
+    let check = qemu_img(&["check", &d]);
+    assert!(check.contains("No errors were found"), "{check}");
+    // vmk's reading of the disk, as a raw file, must be what QEMU reads.
+    let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
+        .args(["disk", "convert", "--type", "raw"])
+        .arg(&disk)
+        .arg(&raw)
+        .output()
+        .expect("run vmk disk convert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cmp = qemu_img(&["compare", &d, &raw.to_string_lossy()]);
+    assert!(cmp.contains("Images are identical"), "{cmp}");
+}
