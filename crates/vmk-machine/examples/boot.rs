@@ -41,7 +41,11 @@ fn main() {
         let mut last = 0;
         loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
-            let n: u64 = counter().iter().sum();
+            let c = counter();
+            if c.is_empty() {
+                return;
+            }
+            let n: u64 = c.iter().sum();
             eprintln!("[vmk] {:.1} guest MIPS", (n - last) as f64 / 1e6);
             last = n;
         }

@@ -420,20 +420,28 @@ impl Vm {
     }
 
     /// Guest instructions retired so far, per vCPU (readable while the VM runs).
+    /// Empty once the VM has ended.
     pub fn instret_counter(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
-        let s = self.shared.clone();
-        move || {
-            s.harts
+        let w = Arc::downgrade(&self.shared);
+        move || match w.upgrade() {
+            Some(s) => s
+                .harts
                 .iter()
                 .map(|h| h.instret.load(Ordering::Relaxed))
-                .collect()
+                .collect(),
+            None => Vec::new(),
         }
     }
 
-    /// A handle that stops the VM from another thread.
+    /// A handle that stops the VM from another thread (a no-op once it has ended). It holds
+    /// no reference to the VM, so the devices close (disks flush) when `run` returns.
     pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
-        let s = self.shared.clone();
-        move || s.finish(VmOutcome::Stopped)
+        let w = Arc::downgrade(&self.shared);
+        move || {
+            if let Some(s) = w.upgrade() {
+                s.finish(VmOutcome::Stopped)
+            }
+        }
     }
 
     /// Runs the VM until it powers off, resets, crashes or is stopped.

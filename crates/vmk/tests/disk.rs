@@ -150,6 +150,19 @@ fn ext4_on_a_vmdk_survives_a_reboot_and_qemu_img_agrees() {
         String::from_utf8_lossy(&out.stderr)
     );
     round_trip(&disk);
+    // The VM closed the disk cleanly: no uncleanShutdown flag, nothing leaked.
+    let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
+        .args(["disk", "check"])
+        .arg(&disk)
+        .output()
+        .expect("run vmk disk check");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("no problems found"),
+        "vmk disk check after the VM stopped:
+{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let d = disk.to_string_lossy().into_owned();
     let check = qemu_img(&["check", &d]);
     assert!(check.contains("No errors were found"), "{check}");
