@@ -125,8 +125,9 @@ impl Waker {
 
 struct HartSlot {
     handle: HartHandle,
-    /// Guest instructions retired, updated after every slice (for metrics).
-    instret: AtomicU64,
+    /// Guest instructions retired, updated after every slice (for metrics); shared with
+    /// [`Vm::instret_counter`], which outlives the VM.
+    instret: Arc<AtomicU64>,
     deadline: AtomicU64,
     hsm: Mutex<HsmState>,
     waker: Arc<Waker>,
@@ -335,7 +336,7 @@ impl Vm {
             .enumerate()
             .map(|(i, h)| HartSlot {
                 handle: h.handle(),
-                instret: AtomicU64::new(0),
+                instret: Arc::new(AtomicU64::new(0)),
                 deadline: AtomicU64::new(u64::MAX),
                 hsm: Mutex::new(if i == 0 {
                     HsmState::Started
@@ -420,17 +421,15 @@ impl Vm {
     }
 
     /// Guest instructions retired so far, per vCPU (readable while the VM runs).
-    /// Empty once the VM has ended.
+    /// Keeps the final counts once the VM has ended.
     pub fn instret_counter(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
-        let w = Arc::downgrade(&self.shared);
-        move || match w.upgrade() {
-            Some(s) => s
-                .harts
-                .iter()
-                .map(|h| h.instret.load(Ordering::Relaxed))
-                .collect(),
-            None => Vec::new(),
-        }
+        let counters: Vec<Arc<AtomicU64>> = self
+            .shared
+            .harts
+            .iter()
+            .map(|h| h.instret.clone())
+            .collect();
+        move || counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
 
     /// A handle that stops the VM from another thread (a no-op once it has ended). It holds
