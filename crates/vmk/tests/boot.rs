@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod common;
+
 const SCRIPT: &str = r#"
 echo "guest-test: uname: $(uname -a)"
 cat /proc/cpuinfo
@@ -19,24 +21,7 @@ exit "$status"
 
 fn image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-test-image");
-        let script = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-test-script.sh");
-        std::fs::write(&script, SCRIPT).expect("write init script");
-        let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
-            .args(["image", "build", "--quiet", "--out"])
-            .arg(&dir)
-            .arg("--init-script")
-            .arg(&script)
-            .output()
-            .expect("run vmk image build");
-        assert!(
-            out.status.success(),
-            "vmk image build failed (needs network access to deb.debian.org):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    DIR.get_or_init(|| common::build_image("boot-test", SCRIPT, &[]))
 }
 
 fn boot(status: u8) -> (Option<i32>, String) {

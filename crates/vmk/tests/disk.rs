@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+mod common;
+
 const SCRIPT: &str = r#"
 mode=
 for w in $(cat /proc/cmdline); do
@@ -30,32 +32,7 @@ fi
 
 fn image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp.join("disk-test-image");
-        let script = tmp.join("disk-test-script.sh");
-        std::fs::write(&script, SCRIPT).expect("write init script");
-        let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
-            .args([
-                "image",
-                "build",
-                "--quiet",
-                "--package",
-                "e2fsprogs",
-                "--out",
-            ])
-            .arg(&dir)
-            .arg("--init-script")
-            .arg(&script)
-            .output()
-            .expect("run vmk image build");
-        assert!(
-            out.status.success(),
-            "vmk image build failed (needs network access to deb.debian.org):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
+    DIR.get_or_init(|| common::build_image("disk-test", SCRIPT, &["e2fsprogs"]))
 }
 
 fn boot(disk: &Path, mode: &str) -> String {
