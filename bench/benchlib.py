@@ -1,0 +1,76 @@
+"""Helpers shared by the benchmark scripts (boot.py, disk.py): host load, git state, cache."""
+
+import os
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cache_dir():
+    """The image builder's default cache (vmk_image::default_cache_dir)."""
+    for var, sub in (("VMK_CACHE", None), ("XDG_CACHE_HOME", "vmk")):
+        v = os.environ.get(var)
+        if v:
+            return Path(v) / sub if sub else Path(v)
+    home = os.environ.get("HOME")
+    return Path(home) / ".cache/vmk" if home else Path(".vmk-cache")
+
+
+def cpu_jiffies():
+    """(busy, total) jiffies summed over all host CPUs, from /proc/stat (None if unreadable)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    total = sum(v[:8])  # guest time is already counted in user/nice
+    return total - idle, total
+
+
+def busy_cores(a, b):
+    """Host CPUs kept busy between two cpu_jiffies() samples."""
+    if not a or not b or b[1] <= a[1]:
+        return 0.0
+    return (b[0] - a[0]) / (b[1] - a[1]) * (os.cpu_count() or 1)
+
+
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wait_idle(limit, threshold=0.25):
+    """Waits up to `limit` s until other processes use less than `threshold` of a CPU (over
+    2 s). Returns (seconds waited, busy cores last seen)."""
+    t = time.monotonic()
+    while True:
+        a = cpu_jiffies()
+        time.sleep(2)
+        busy = busy_cores(a, cpu_jiffies())
+        waited = time.monotonic() - t
+        if busy < threshold or waited >= limit:
+            return waited, busy
+
+
+def load():
+    try:
+        a, b, c = os.getloadavg()
+        return f"{a:.2f} {b:.2f} {c:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def describe_git():
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
