@@ -1,7 +1,7 @@
 //! The interpreter: block lookup and decoding, and execution of decoded ops.
 
 use crate::csr::{cause, CsrIllegal, MS_TSR, MS_TVM, MS_TW};
-use crate::decode::{decode16, decode32, Amo, Op, K, X_SINK};
+use crate::decode::{decode16, decode32, Amo, Op, K};
 use crate::fpu;
 use crate::mmu::{read_host, tlb_index, write_host, Fault};
 use crate::{Block, BlockErr, Exit, Hart, JcEntry, PendingLoad, PrivMode, JC_SIZE};
@@ -140,7 +140,6 @@ impl Hart {
             }
             _ => {}
         }
-        self.x[X_SINK as usize] = 0;
     }
 
     /// Ends the block at op `i` with exception `cause`: the op did not retire.
@@ -292,7 +291,6 @@ impl Hart {
                 K::Jal => {
                     let here = vpc.wrapping_add(op.pc_off as i64 as u64);
                     x!(op.rd) = here.wrapping_add(op.len as u64);
-                    self.x[X_SINK as usize] = 0;
                     self.pc = here.wrapping_add(op.imm as u64);
                     return None;
                 }
@@ -578,7 +576,6 @@ impl Hart {
                 K::Ecall => {
                     if self.cfg.sbi_exits && self.prv == PrivMode::Supervisor {
                         self.leave_after(vpc, blk, i);
-                        self.x[X_SINK as usize] = 0;
                         return Some(Exit::Ecall);
                     }
                     let c = cause::ECALL_U + self.prv as u64;
@@ -638,7 +635,6 @@ impl Hart {
                 K::Illegal => return self.illegal(vpc, blk, i),
             }
         }
-        self.x[X_SINK as usize] = 0;
         self.pc = vpc.wrapping_add(blk.end_off as u64);
         None
     }
