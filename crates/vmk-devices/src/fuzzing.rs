@@ -37,34 +37,59 @@ use crate::{
 
 const CONTEXTS: usize = 4;
 
-/// Reads decoding parameters from the fuzz input; yields zeros once it runs out.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// Reads decoding parameters from a fuzz input; yields zeros once it runs out. Shared by the
+/// fuzz targets of this crate (device registers, virtio queues).
+pub(crate) struct Reader<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Reader<'_> {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.data.len()
     }
 
-    fn u8(&mut self) -> u8 {
+    pub(crate) fn u8(&mut self) -> u8 {
         let b = self.data.get(self.pos).copied().unwrap_or(0);
         self.pos += 1;
         b
     }
 
-    fn u32(&mut self) -> u32 {
+    pub(crate) fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+
+    pub(crate) fn u32(&mut self) -> u32 {
         u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
     }
 
-    fn u64(&mut self) -> u64 {
+    pub(crate) fn u64(&mut self) -> u64 {
         u64::from(self.u32()) | u64::from(self.u32()) << 32
     }
 
     /// Mostly valid access sizes, sometimes not.
-    fn size(&mut self) -> u8 {
+    pub(crate) fn size(&mut self) -> u8 {
         [1, 2, 4, 8, 4, 4, 0, 3, 16, 255][usize::from(self.u8() % 10)]
+    }
+
+    /// true with probability n/256.
+    pub(crate) fn chance(&mut self, n: u8) -> bool {
+        self.u8() < n
+    }
+}
+
+/// xorshift64*: a fixed, dependency-free pseudo-random source for the seeded tests that
+/// drive the fuzz targets' logic.
+#[cfg(test)]
+pub(crate) struct Rng(pub(crate) u64);
+
+#[cfg(test)]
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 
@@ -431,18 +456,6 @@ fn run(data: &[u8]) -> Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// xorshift64*: a fixed, dependency-free pseudo-random source.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-    }
 
     #[test]
     fn pseudo_random_mmio_ops() {

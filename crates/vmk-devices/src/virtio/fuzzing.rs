@@ -46,40 +46,7 @@ const DATA: u64 = RAM_BASE + 0x4000;
 const DATA_SIZE: u64 = RAM_SIZE - 0x4000;
 const DISK_SIZE: u64 = 0x1_0000;
 
-/// Reads decoding parameters from the fuzz input; yields zeros once it runs out.
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn done(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | u64::from(self.u32()) << 32
-    }
-
-    /// true with probability n/256.
-    fn chance(&mut self, n: u8) -> bool {
-        self.u8() < n
-    }
-}
+use crate::fuzzing::Reader;
 
 /// Counters the backend shares with the rig.
 #[derive(Default)]

@@ -1758,17 +1758,7 @@ fn through_the_bus_and_the_plic() {
 // ---------------------------------------------------------------------------------------
 // The fuzz target's logic
 
-/// xorshift64*: a fixed, dependency-free pseudo-random source.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use crate::fuzzing::Rng;
 
 #[test]
 fn pseudo_random_virtio_blk_queue() {
