@@ -2,6 +2,8 @@
 
 import os
 import resource
+import selectors
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -74,3 +76,67 @@ def describe_git():
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def run_console(cmd, timeout, stderr_file, on_line, on_chunk=None):
+    """Runs `cmd` with stdout on a pipe, calling on_line(t, raw_bytes) for each line as it
+    arrives (t: seconds since start) and on_chunk() after each read. Kills the process group
+    after `timeout` s. Returns (exit status, seconds to exit, the child's CPU s, CPUs used by
+    other processes meanwhile, timed out)."""
+    buf = b""
+    j0, c0 = cpu_jiffies(), children_cpu()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=stderr_file, start_new_session=True)
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    deadline = t0 + timeout
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            if not sel.select(min(left, 1.0)):
+                continue
+            t = time.monotonic() - t0
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                on_line(t, raw)
+            if on_chunk:
+                on_chunk()
+        if buf:
+            on_line(time.monotonic() - t0, buf)
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        else:
+            # stdout closed: the process is exiting (or has closed it). Give it the rest of
+            # the timeout to go.
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        t_exit = time.monotonic() - t0
+        j1, c1 = cpu_jiffies(), children_cpu()
+    finally:
+        sel.close()
+        proc.stdout.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    cpu = c1 - c0
+    others = max(0.0, busy_cores(j0, j1) - cpu / t_exit) if t_exit > 0 else 0.0
+    return proc.returncode, t_exit, cpu, others, timed_out

@@ -42,9 +42,7 @@ import datetime
 import hashlib
 import os
 import re
-import selectors
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,10 +53,10 @@ from benchlib import (  # noqa: E402 (shared with the other benchmark)
     REPO,
     busy_cores,
     cache_dir,
-    children_cpu,
     cpu_jiffies,
     describe_git,
     load,
+    run_console,
     wait_idle,
 )
 APPEND = "console=ttyS0 earlycon=sbi"
@@ -138,91 +136,33 @@ def boot_once(name, cmd, timeout, log_path):
     """Runs one VM; returns {metric: seconds}. Raises RunError with the reason on failure."""
     lines = []  # (t, text)
     marks = {}
-    buf = b""
     err_path = log_path.with_suffix(".stderr")
+
+    def take_line(t, raw):
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        lines.append((t, text))
+        if "banner" not in marks and BANNER in text:
+            marks["banner"] = t
+        if text.endswith(READY) and "ready" not in marks:
+            marks["ready"] = t
+        if text.endswith(START_MARK) and "start" not in marks:
+            marks["start"] = t
+        if text.endswith(END_MARK) and "end" not in marks:
+            marks["end"] = t
+        if "start" in marks and "end" not in marks and "sha" not in marks:
+            m = SHA_RE.search(text)
+            if m:
+                marks["sha"] = m.group(1)
+        i = text.rfind(EXIT_STATUS)
+        if i >= 0:
+            marks["status"] = text[i + len(EXIT_STATUS):].strip()
+
     with open(err_path, "wb") as err:
-        j0, c0 = cpu_jiffies(), children_cpu()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            start_new_session=True,
-        )
-        fd = proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        deadline = t0 + timeout
-        timed_out = False
+        returncode, t_exit, vm_cpu, others, timed_out = run_console(
+            cmd, timeout, err, take_line)
 
-        def take_line(t, raw):
-            text = raw.decode("utf-8", "replace").rstrip("\r")
-            lines.append((t, text))
-            if "banner" not in marks and BANNER in text:
-                marks["banner"] = t
-            if text.endswith(READY) and "ready" not in marks:
-                marks["ready"] = t
-            if text.endswith(START_MARK) and "start" not in marks:
-                marks["start"] = t
-            if text.endswith(END_MARK) and "end" not in marks:
-                marks["end"] = t
-            if "start" in marks and "end" not in marks and "sha" not in marks:
-                m = SHA_RE.search(text)
-                if m:
-                    marks["sha"] = m.group(1)
-            i = text.rfind(EXIT_STATUS)
-            if i >= 0:
-                marks["status"] = text[i + len(EXIT_STATUS):].strip()
-
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                if not sel.select(min(left, 1.0)):
-                    continue
-                t = time.monotonic() - t0
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    take_line(t, raw)
-            if buf:
-                take_line(time.monotonic() - t0, buf)
-            if timed_out:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            else:
-                # stdout closed: the process is exiting (or has closed it). Give it the rest
-                # of the timeout to go.
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            t_exit = time.monotonic() - t0
-            j1, c1 = cpu_jiffies(), children_cpu()
-        finally:
-            sel.close()
-            proc.stdout.close()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    # CPU time of the VM process, and what everything else on the host used meanwhile.
-    vm_cpu = c1 - c0
-    others = max(0.0, busy_cores(j0, j1) - vm_cpu / t_exit) if t_exit > 0 else 0.0
     with open(log_path, "w") as f:
-        f.write(f"# {' '.join(cmd)}\n# exit status {proc.returncode}, {t_exit:.3f} s, "
+        f.write(f"# {' '.join(cmd)}\n# exit status {returncode}, {t_exit:.3f} s, "
                 f"VM process CPU {vm_cpu:.2f} s, other host load {others:.2f} CPUs\n")
         for t, text in lines:
             f.write(f"[{t:9.3f}] {text}\n")
@@ -230,8 +170,8 @@ def boot_once(name, cmd, timeout, log_path):
     problems = []
     if timed_out:
         problems.append(f"timed out after {timeout:.0f} s (killed)")
-    elif proc.returncode != 0:
-        problems.append(f"exit status {proc.returncode}")
+    elif returncode != 0:
+        problems.append(f"exit status {returncode}")
     for k, what in (("banner", f"'{BANNER}...'"), ("ready", f"'{READY}'"),
                     ("start", f"'{START_MARK}'"), ("end", f"'{END_MARK}'")):
         if k not in marks:

@@ -75,7 +75,6 @@ import json
 import os
 import random
 import re
-import selectors
 import shutil
 import signal
 import statistics
@@ -92,6 +91,7 @@ from benchlib import (  # noqa: E402 (shared with the other benchmark)
     cpu_jiffies,
     describe_git,
     load,
+    run_console,
     wait_idle,
 )
 APPEND = "console=ttyS0 earlycon=sbi"
@@ -525,73 +525,22 @@ def run_vm(cmd, timeout, log_path):
     """Runs one VM with its console on a pipe; returns (lines [(t, text)], exit status,
     seconds, child CPU s, others CPUs, timed out)."""
     lines = []
-    buf = b""
     err_path = log_path.with_suffix(".stderr")
     with open(err_path, "wb") as err, open(log_path, "w") as log:
         log.write(f"# {' '.join(cmd)}\n")
         log.flush()
-        j0, c0 = cpu_jiffies(), children_cpu()
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=err, start_new_session=True)
-        fd = proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        deadline = t0 + timeout
-        timed_out = False
 
         def take(t, raw):
             text = raw.decode("utf-8", "replace").rstrip("\r")
             lines.append((t, text))
             log.write(f"[{t:9.3f}] {text}\n")  # as it comes, for watching a long run
 
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    timed_out = True
-                    break
-                if not sel.select(min(left, 1.0)):
-                    continue
-                t = time.monotonic() - t0
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    raw, buf = buf.split(b"\n", 1)
-                    take(t, raw)
-                log.flush()
-            if buf:
-                take(time.monotonic() - t0, buf)
-            if timed_out:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            else:
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            t_exit = time.monotonic() - t0
-            j1, c1 = cpu_jiffies(), children_cpu()
-        finally:
-            sel.close()
-            proc.stdout.close()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        cpu = c1 - c0
-        others = max(0.0, busy_cores(j0, j1) - cpu / t_exit) if t_exit > 0 else 0.0
-        log.write(f"# exit status {proc.returncode}, {t_exit:.3f} s, VM process CPU "
+        returncode, t_exit, cpu, others, timed_out = run_console(
+            cmd, timeout, err, take, on_chunk=log.flush)
+        log.write(f"# exit status {returncode}, {t_exit:.3f} s, VM process CPU "
                   f"{cpu:.2f} s, other host load {others:.2f} CPUs"
                   f"{', TIMED OUT' if timed_out else ''}\n")
-    return lines, proc.returncode, t_exit, cpu, others, timed_out
+    return lines, returncode, t_exit, cpu, others, timed_out
 
 
 def parse_fio(lines):
