@@ -1,0 +1,426 @@
+//! What a host is asked and what it answers: VM definitions, states, metrics, errors and the
+//! [`HostApi`] trait. The REST API serializes these types as JSON; VM definitions are also
+//! stored as TOML in the inventory. Both the real host and test doubles implement `HostApi`.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+/// Longest VM name.
+pub const NAME_MAX: usize = 64;
+
+/// Checks a VM (or other inventory object) name: 1 to 64 of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` or `-`. Names become directory names, so nothing else gets through.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), HostError> {
+    let bad = |why: &str| {
+        Err(HostError::Invalid(format!(
+            "{kind} name '{}': {why} (use 1 to {NAME_MAX} letters, digits, '.', '_' or '-', \
+             not starting with '.' or '-')",
+            name.escape_default()
+        )))
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > NAME_MAX {
+        return bad("too long");
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return bad("bad first character");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return bad(&format!(
+            "character '{}' is not allowed",
+            c.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Parses sizes like `512M`, `2G`, `65536K` or plain bytes (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix '{c}' in '{s}' (use K, M, G or T)"
+                    ))
+                }
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (examples: 512M, 2G)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// A size in bytes; written as an integer or a string with a K/M/G/T suffix (`"512M"`).
+/// Serialized as an integer number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// ESX-style shares: a level or a custom number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", untagged)]
+pub enum Shares {
+    Level(ShareLevel),
+    Custom(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareLevel {
+    Low,
+    Normal,
+    High,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Shares::Level(ShareLevel::Normal)
+    }
+}
+
+/// Resource settings (stored and validated now; the scheduler issue enforces them).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub cpu_shares: Shares,
+    /// Guaranteed host CPU, in MHz of one host core.
+    pub cpu_reservation_mhz: u64,
+    /// Most host CPU the VM may use, in MHz; none = unlimited.
+    pub cpu_limit_mhz: Option<u64>,
+    /// Host CPUs the vCPUs may run on; none = any.
+    pub cpu_affinity: Option<Vec<u32>>,
+    pub mem_shares: Shares,
+    pub mem_reservation: ByteSize,
+    pub mem_limit: Option<ByteSize>,
+}
+
+/// What the VM boots: a built image directory, or a kernel (+ initrd).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// An image directory from `vmk image build` (vmlinux, initrd.img).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; default: the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<String>,
+}
+
+/// A virtual disk (VMDK or raw file), attached as virtio-blk in definition order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskDef {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// virtio-blk serial, at most 20 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+/// A virtual NIC (placeholder until the network issue: stored, not yet attached).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicDef {
+    pub portgroup: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A VM's definition: the role of ESX's .vmx. Stored as `vm.toml` in the inventory, sent as
+/// JSON to `POST /v1/vms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDefinition {
+    pub name: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Started when the host starts.
+    #[serde(default)]
+    pub autostart: bool,
+    pub boot: Boot,
+    #[serde(default, rename = "disk", skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskDef>,
+    #[serde(default, rename = "nic", skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<NicDef>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+fn default_cpus() -> u32 {
+    1
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize(512 << 20)
+}
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined, not running (never started, powered off, or stopped).
+    Stopped,
+    /// Being assembled (kernel loading, devices opening).
+    Starting,
+    Running,
+    /// A graceful stop was requested; powered off at the deadline.
+    Stopping,
+    /// Ended by a fault (see `last_exit`); can be started again.
+    Crashed,
+}
+
+/// How the last run of a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ExitInfo {
+    /// The guest powered off; `status` is its exit status (the image's init script).
+    PoweredOff { status: i32 },
+    /// Powered off by the host (poweroff, or a stop that reached its timeout).
+    Killed,
+    /// A fault ended it: a vmk bug caught in a device or vCPU, or an unhandled guest error.
+    Crashed { reason: String },
+}
+
+/// A VM as the host sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    pub definition: VmDefinition,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitInfo>,
+    /// Unix time (seconds) the current or last run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// Unix time (seconds) the last run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// Runs since the VM was defined (guest reboots count).
+    pub boots: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    pub version: String,
+    /// Host CPUs (logical).
+    pub cpus: u32,
+    /// Host memory in bytes.
+    pub memory: u64,
+    pub vms: u32,
+    pub vms_running: u32,
+    pub uptime_secs: u64,
+    /// The host directory (inventory, console logs).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VcpuMetrics {
+    /// Host CPU time this vCPU's thread used, in nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Guest instructions retired.
+    pub instret: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DiskMetrics {
+    pub path: PathBuf,
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    pub flush_ops: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NicMetrics {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+}
+
+/// Counters of one VM (of its current or last run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMetrics {
+    pub name: String,
+    pub state: VmState,
+    pub vcpus: Vec<VcpuMetrics>,
+    pub memory_configured: u64,
+    /// Guest RAM the guest has touched (host memory actually backing it), in bytes.
+    pub memory_touched: u64,
+    pub disks: Vec<DiskMetrics>,
+    pub nics: Vec<NicMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    pub host: HostInfo,
+    /// The host process's resident memory, in bytes.
+    pub rss: u64,
+    /// The host process's CPU time, in nanoseconds.
+    pub cpu_time_ns: u64,
+    pub vms: Vec<VmMetrics>,
+}
+
+/// What an attached console receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleEvent {
+    /// Bytes the guest wrote to its serial console.
+    Output(Vec<u8>),
+    /// The run ended (the attachment ends with it).
+    Ended(ExitInfo),
+}
+
+/// Sends bytes to a guest's serial console.
+pub type ConsoleInput = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+/// An interactive console: recent history, then live output; input goes to the guest UART.
+pub struct ConsoleAttachment {
+    /// The last bytes of output before attaching (so the user sees the current prompt).
+    pub history: Vec<u8>,
+    pub events: Receiver<ConsoleEvent>,
+    /// Sends bytes to the guest's serial console.
+    pub input: ConsoleInput,
+}
+
+/// A request the host refuses or cannot carry out. Messages say what, where and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request makes no sense in the VM's current state.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl HostError {
+    /// The HTTP status the API answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            HostError::NotFound(_) => 404,
+            HostError::AlreadyExists(_) | HostError::Conflict(_) => 409,
+            HostError::Invalid(_) => 400,
+            HostError::Internal(_) => 500,
+        }
+    }
+}
+
+/// Everything the REST API (and so the CLI) can ask of a host. Calls may block briefly
+/// (file I/O); none waits for a guest. Lifecycle calls return the VM's new state.
+pub trait HostApi: Send + Sync {
+    fn host_info(&self) -> HostInfo;
+    fn list(&self) -> Vec<VmInfo>;
+    fn info(&self, name: &str) -> Result<VmInfo, HostError>;
+    /// Defines a VM (validated, persisted). Does not start it.
+    fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError>;
+    /// Removes a VM's definition and logs; refused unless it is stopped or crashed.
+    fn delete(&self, name: &str) -> Result<(), HostError>;
+    fn start(&self, name: &str) -> Result<VmInfo, HostError>;
+    /// Asks the guest to shut down; powers the VM off if it has not after `timeout`.
+    fn stop(&self, name: &str, timeout: Duration) -> Result<VmInfo, HostError>;
+    /// Powers the VM off now.
+    fn poweroff(&self, name: &str) -> Result<VmInfo, HostError>;
+    /// Powers a running VM off and starts it again.
+    fn reset(&self, name: &str) -> Result<VmInfo, HostError>;
+    fn console_attach(&self, name: &str) -> Result<ConsoleAttachment, HostError>;
+    /// The last `max` bytes of the VM's console log.
+    fn console_log(&self, name: &str, max: usize) -> Result<Vec<u8>, HostError>;
+    fn vm_metrics(&self, name: &str) -> Result<VmMetrics, HostError>;
+    fn metrics(&self) -> HostMetrics;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["web1", "a", "db.prod_2-x", &"x".repeat(64)] {
+            assert!(validate_name("VM", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            ".hidden",
+            "-rf",
+            "a/b",
+            "../etc",
+            "a\\b",
+            "a b",
+            "a\0b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            let e = validate_name("VM", bad).unwrap_err();
+            assert_eq!(e.http_status(), 400, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").unwrap_err().contains("suffix"));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+    }
+}
