@@ -191,6 +191,11 @@ pub struct VmDefinition {
     pub nics: Vec<NicDef>,
     #[serde(default)]
     pub resources: Resources,
+    /// Test-only fault hook: the VM's UART model panics when the guest's console output
+    /// contains this text (a device-model bug on demand). Debug builds only: a release
+    /// build refuses to start a VM that sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fault_on_console: Option<String>,
 }
 
 fn default_cpus() -> u32 {
@@ -199,6 +204,48 @@ fn default_cpus() -> u32 {
 
 fn default_memory() -> ByteSize {
     ByteSize(512 << 20)
+}
+
+/// The host's own configuration (`vmk host start --config FILE`, TOML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Inventory (one directory per VM: vm.toml, state, console.log).
+    #[serde(default = "default_host_dir")]
+    pub dir: PathBuf,
+    /// The API's Unix socket (created mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Optional remote API over TCP; every request needs the bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpApiConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpApiConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7480`.
+    pub listen: String,
+    /// A file holding the bearer token (one line); it must not be readable by others.
+    pub token_file: PathBuf,
+}
+
+pub fn default_host_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vmk")
+}
+
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/vmk/vmk.sock")
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            dir: default_host_dir(),
+            socket: default_socket(),
+            tcp: None,
+        }
+    }
 }
 
 /// Where a VM is in its life.
