@@ -102,6 +102,8 @@ pub struct UartStats {
     pub rx_overruns: u64,
     /// Bytes the guest discarded unread by resetting the receive FIFO (FCR).
     pub rx_flushed: u64,
+    /// Break conditions sent by the host.
+    pub rx_breaks: u64,
     /// Accesses beyond register 7.
     pub bad_accesses: u64,
 }
@@ -120,6 +122,10 @@ struct State {
     /// The last byte received: what RBR reads when empty with the FIFO disabled.
     rbr: u8,
     rx: VecDeque<u8>,
+    /// Index in `rx` of a received break (a NUL byte flagged with LSR.BI when it reaches the
+    /// top of the FIFO, as a real 16550 does). One pending break at a time is enough: the
+    /// host sends a break before a SysRq key.
+    rx_break: Option<usize>,
     rx_trigger: usize,
     thr_ipending: bool,
     irq_level: bool,
@@ -173,14 +179,34 @@ impl State {
         }
     }
 
+    /// LSR error bits: the sticky ones plus BI while a break is at the top of the FIFO.
+    fn line_errors(&self) -> u8 {
+        let bi = if self.rx_break == Some(0) { LSR_BI } else { 0 };
+        self.lsr_err | bi
+    }
+
     fn lsr(&self) -> u8 {
         let dr = if self.rx.is_empty() { 0 } else { LSR_DR };
-        dr | self.lsr_err | LSR_THRE | LSR_TEMT
+        dr | self.line_errors() | LSR_THRE | LSR_TEMT
+    }
+
+    fn pop_rx(&mut self) -> Option<u8> {
+        let b = self.rx.pop_front()?;
+        self.rx_break = match self.rx_break {
+            Some(0) | None => None,
+            Some(i) => Some(i - 1),
+        };
+        Some(b)
+    }
+
+    fn clear_rx(&mut self) {
+        self.rx.clear();
+        self.rx_break = None;
     }
 
     /// The interrupt identification (IIR bits 3:0), by priority.
     fn iir_id(&self) -> u8 {
-        if self.ier & IER_RLSI != 0 && self.lsr_err & LSR_INT_ANY != 0 {
+        if self.ier & IER_RLSI != 0 && self.line_errors() & LSR_INT_ANY != 0 {
             IIR_RLSI
         } else if self.ier & IER_RDI != 0 && !self.rx.is_empty() {
             if self.fifo_enabled() && self.rx.len() < self.rx_trigger {
@@ -225,7 +251,7 @@ impl State {
             self.stats.rx_overruns += 1;
             if !self.fifo_enabled() {
                 // Without a FIFO the holding register is overwritten.
-                self.rx.pop_front();
+                self.pop_rx();
                 self.rx.push_back(b);
             }
         }
@@ -275,7 +301,7 @@ impl State {
                 }
                 if val & FCR_RFR != 0 {
                     self.stats.rx_flushed += self.rx.len() as u64;
-                    self.rx.clear();
+                    self.clear_rx();
                     self.lsr_err &= !LSR_BI;
                     freed = true;
                 }
@@ -311,7 +337,7 @@ impl State {
         let v = match reg {
             RBR_THR_DLL if dlab => self.dll,
             RBR_THR_DLL => {
-                let v = match self.rx.pop_front() {
+                let v = match self.pop_rx() {
                     Some(b) => {
                         self.stats.rx_read += 1;
                         freed = true;
@@ -377,6 +403,7 @@ impl Uart {
             dlm: 0,
             rbr: 0,
             rx: VecDeque::with_capacity(UART_RX_FIFO_LEN),
+            rx_break: None,
             rx_trigger: 1,
             thr_ipending: false,
             irq_level: false,
@@ -450,6 +477,23 @@ impl UartInput {
     /// Like [`UartInput::push_input`], but gives up waiting after `timeout`.
     pub fn push_input_timeout(&self, data: &[u8], timeout: Duration) -> usize {
         self.push_inner(data, Some(Instant::now() + timeout))
+    }
+
+    /// Sends a break condition: the guest receives a NUL byte flagged with LSR.BI (Linux
+    /// treats a break on its serial console as the start of a magic SysRq sequence). Returns
+    /// false, sending nothing, if the FIFO is full, a break is already pending, or input is
+    /// closed.
+    pub fn send_break(&self) -> bool {
+        let mut s = lock(&self.shared.state);
+        if s.input_closed || s.rx_break.is_some() || s.host_rx_space() == 0 {
+            return false;
+        }
+        s.rx_break = Some(s.rx.len());
+        s.rx.push_back(0);
+        s.rbr = 0;
+        s.stats.rx_breaks += 1;
+        s.update_irq();
+        true
     }
 
     /// Stops accepting input and wakes every thread waiting in `push_input`.
@@ -615,6 +659,34 @@ mod tests {
         );
         wr(&mut u, SCR, 0x5a);
         assert_eq!(rd(&mut u, SCR), 0x5a);
+    }
+
+    #[test]
+    fn break_is_a_flagged_nul_at_the_top_of_the_fifo() {
+        let (mut u, _, irq) = uart();
+        wr(&mut u, IIR_FCR, FCR_FE | FCR_RFR | FCR_XFR | 0x80);
+        wr(&mut u, IER_DLM, IER_RDI | IER_RLSI);
+        let input = u.input();
+        assert_eq!(input.try_push_input(b"a"), 1);
+        assert!(input.send_break());
+        assert!(!input.send_break(), "one pending break at a time");
+        assert_eq!(input.try_push_input(b"s"), 1);
+        // 'a' first: no BI yet.
+        assert_eq!(rd(&mut u, LSR) & (LSR_BI | LSR_DR), LSR_DR);
+        assert_eq!(rd(&mut u, RBR_THR_DLL), b'a');
+        // The break at the top: BI with DR, a line-status interrupt, NUL data.
+        assert!(irq.level());
+        assert_eq!(rd(&mut u, IIR_FCR), 0xc0 | IIR_RLSI);
+        assert_eq!(rd(&mut u, LSR) & (LSR_BI | LSR_DR), LSR_BI | LSR_DR);
+        assert_eq!(rd(&mut u, RBR_THR_DLL), 0);
+        // Then the key, without BI.
+        assert_eq!(rd(&mut u, LSR) & (LSR_BI | LSR_DR), LSR_DR);
+        assert_eq!(rd(&mut u, RBR_THR_DLL), b's');
+        assert!(!irq.level());
+        assert_eq!(u.stats().rx_breaks, 1);
+        assert!(input.send_break(), "a new break once the last was read");
+        wr(&mut u, IIR_FCR, FCR_FE | FCR_RFR);
+        assert_eq!(rd(&mut u, LSR) & LSR_BI, 0, "FIFO reset drops the break");
     }
 
     #[test]

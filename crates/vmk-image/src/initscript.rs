@@ -7,6 +7,10 @@
 //!   watches the console for it (match it at the end of a line: if the script's last output
 //!   lacks a newline, the marker follows it on the same line). The guest then powers off.
 //! - `vmk-guest: warning: ...` for problems that do not stop the boot.
+//!
+//! Graceful stop (the host's `vm stop`) arrives as magic SysRq over the serial console: `e`
+//! (SIGTERM to every process but init: the init script ends, its status is reported as
+//! usual), then `s`, `u`, `o` (sync, remount read-only, power off). `/init` enables SysRq.
 
 /// Where the user's init script is stored in the initrd.
 pub const INIT_SCRIPT_PATH: &str = "vmk/init-script";
@@ -51,6 +55,9 @@ mount -t tmpfs tmpfs /dev/shm
 hostname vmk
 
 warn() { echo "vmk-guest: warning: $*"; }
+# Every magic SysRq function: the host's graceful stop is SysRq e, s, u, o over the serial
+# console (Debian's default mask leaves out e, SIGTERM to all processes).
+echo 1 > /proc/sys/kernel/sysrq || warn "cannot enable SysRq: vmk vm stop will power off at its timeout"
 
 "#,
     );

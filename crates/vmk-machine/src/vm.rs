@@ -37,6 +37,11 @@ pub enum VmError {
     Fdt(String),
     #[error("devices: {0}")]
     Devices(String),
+    #[error(
+        "fault_on_console is a test hook of debug builds; this release build refuses it \
+         (remove it from the VM's configuration)"
+    )]
+    FaultInjectionUnavailable,
 }
 
 /// How a VM ended.
@@ -76,14 +81,138 @@ pub struct VmConfig {
     pub console: Arc<dyn Console>,
     /// Disks, attached as virtio-blk devices in this order.
     pub disks: Vec<DiskSpec>,
+    /// Test-only fault hook (debug builds): the UART model panics when the guest's console
+    /// output contains this text, to show that a device-model bug ends only its own VM.
+    /// Release builds refuse it ([`VmError::FaultInjectionUnavailable`]).
+    pub fault_on_console: Option<String>,
+}
+
+/// Counters of one vCPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VcpuStats {
+    /// Guest instructions retired.
+    pub instret: u64,
+    /// Host CPU time of the vCPU's thread, in nanoseconds.
+    pub cpu_time_ns: u64,
+}
+
+/// Counters of one virtual disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    pub flush_ops: u64,
+    /// Requests answered with an error status (I/O error or unsupported).
+    pub errors: u64,
+}
+
+/// A VM's counters; see [`VmController::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmStats {
+    pub vcpus: Vec<VcpuStats>,
+    pub memory_configured: u64,
+    /// Guest RAM backed by host memory (pages the guest or vmk touched), in bytes.
+    pub memory_touched: u64,
+    /// In the order of [`VmConfig::disks`].
+    pub disks: Vec<DiskStats>,
+}
+
+/// Controls a VM from other threads (a host's API, a console). Holds no VM resources: once
+/// the VM has ended its disks are closed and its memory freed, and the controller reports
+/// the final counters.
+#[derive(Clone)]
+pub struct VmController {
+    shared: std::sync::Weak<Shared>,
+    vcpus: Arc<[VcpuCounters]>,
+    memory_configured: u64,
+    last: Arc<Mutex<VmStats>>,
+}
+
+impl VmController {
+    /// Ends [`Vm::run`] with [`VmOutcome::Stopped`] (a no-op once the VM has ended).
+    pub fn stop(&self) {
+        if let Some(s) = self.shared.upgrade() {
+            s.finish(VmOutcome::Stopped)
+        }
+    }
+
+    /// Sends a BREAK and then `key` on the serial console: Linux runs magic SysRq `key` (if
+    /// its `kernel.sysrq` mask allows it). Returns false if the VM has ended or the UART's
+    /// receive FIFO has no room now.
+    pub fn send_sysrq(&self, key: u8) -> bool {
+        match self.shared.upgrade() {
+            Some(s) => s.uart_input.send_break() && s.uart_input.try_push_input(&[key]) == 1,
+            None => false,
+        }
+    }
+
+    /// The VM's counters: live while it runs, the final values once it has ended.
+    pub fn stats(&self) -> VmStats {
+        let live = self.shared.upgrade().map(|s| s.disk_stats());
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.vcpus = self.vcpus.iter().map(VcpuCounters::get).collect();
+        last.memory_configured = self.memory_configured;
+        if let Some((touched, disks)) = live {
+            last.memory_touched = touched;
+            last.disks = disks;
+        }
+        last.clone()
+    }
+}
+
+/// Counters a vCPU thread updates after every slice; they outlive the VM.
+#[derive(Default)]
+struct VcpuCounters {
+    instret: AtomicU64,
+    cpu_time_ns: AtomicU64,
+}
+
+impl VcpuCounters {
+    fn get(&self) -> VcpuStats {
+        VcpuStats {
+            instret: self.instret.load(Ordering::Relaxed),
+            cpu_time_ns: self.cpu_time_ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Adapts the console to `std::io::Write` for the UART.
-struct ConsoleWriter(Arc<dyn Console>);
+struct ConsoleWriter {
+    console: Arc<dyn Console>,
+    /// The test fault hook's trigger text and the output seen so far (its length at most).
+    fault: Option<(Vec<u8>, Vec<u8>)>,
+}
 
 impl Write for ConsoleWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf);
+        self.console.write(buf);
+        if let Some((needle, seen)) = &mut self.fault {
+            seen.extend_from_slice(buf);
+            if seen.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                panic!("test fault hook: the guest printed the fault trigger");
+            }
+            let keep = needle.len().saturating_sub(1);
+            let cut = seen.len().saturating_sub(keep);
+            seen.drain(..cut);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -125,9 +254,6 @@ impl Waker {
 
 struct HartSlot {
     handle: HartHandle,
-    /// Guest instructions retired, updated after every slice (for metrics); shared with
-    /// [`Vm::instret_counter`], which outlives the VM.
-    instret: Arc<AtomicU64>,
     deadline: AtomicU64,
     hsm: Mutex<HsmState>,
     waker: Arc<Waker>,
@@ -143,6 +269,10 @@ struct Shared {
     mem: Arc<GuestMemory>,
     bus: MmioBus,
     harts: Vec<HartSlot>,
+    /// Per-vCPU counters, updated after every slice; shared with controllers.
+    counters: Arc<[VcpuCounters]>,
+    disks: Vec<Arc<Mutex<VirtioMmio<VirtioBlk>>>>,
+    uart_input: UartInput,
     stop: AtomicBool,
     outcome: Mutex<Option<VmOutcome>>,
     console: Arc<dyn Console>,
@@ -151,6 +281,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// Memory touched and disk counters, read from the devices.
+    fn disk_stats(&self) -> (u64, Vec<DiskStats>) {
+        let disks = self
+            .disks
+            .iter()
+            .map(|d| {
+                let st = d.lock().unwrap_or_else(|e| e.into_inner()).device().stats();
+                DiskStats {
+                    read_ops: st.reads,
+                    read_bytes: st.bytes_read,
+                    write_ops: st.writes,
+                    write_bytes: st.bytes_written,
+                    flush_ops: st.flushes,
+                    errors: st.ioerr + st.unsupp,
+                }
+            })
+            .collect();
+        (self.mem.resident_bytes(), disks)
+    }
+
     fn now(&self) -> u64 {
         (self.clock.elapsed().as_nanos() * TIMEBASE_HZ as u128 / 1_000_000_000) as u64
     }
@@ -188,6 +338,8 @@ pub struct Vm {
     shared: Arc<Shared>,
     harts: Vec<Hart>,
     uart: UartInput,
+    /// The final counters, filled when `run` ends (controllers keep reporting them).
+    last: Arc<Mutex<VmStats>>,
 }
 
 impl Vm {
@@ -200,6 +352,9 @@ impl Vm {
         }
         if cfg.memory > MAX_RAM {
             return Err(VmError::MemoryTooLarge(cfg.memory >> 30, MAX_RAM >> 30));
+        }
+        if cfg.fault_on_console.is_some() && !cfg!(debug_assertions) {
+            return Err(VmError::FaultInjectionUnavailable);
         }
         if cfg.disks.len() as u64 > VIRTIO_SLOTS {
             return Err(VmError::Devices(format!(
@@ -336,7 +491,6 @@ impl Vm {
             .enumerate()
             .map(|(i, h)| HartSlot {
                 handle: h.handle(),
-                instret: Arc::new(AtomicU64::new(0)),
                 deadline: AtomicU64::new(u64::MAX),
                 hsm: Mutex::new(if i == 0 {
                     HsmState::Started
@@ -361,9 +515,18 @@ impl Vm {
         let uart_irq = plic
             .source(UART_IRQ)
             .map(|s| Arc::new(s) as Arc<dyn IrqLine>);
-        let uart = Uart::new(Box::new(ConsoleWriter(cfg.console.clone())), uart_irq);
+        let writer = ConsoleWriter {
+            console: cfg.console.clone(),
+            fault: cfg
+                .fault_on_console
+                .as_ref()
+                .filter(|t| !t.is_empty())
+                .map(|t| (t.as_bytes().to_vec(), Vec::new())),
+        };
+        let uart = Uart::new(Box::new(writer), uart_irq);
         let uart_input = uart.input();
         let mut bus = MmioBus::new();
+        let mut disks = Vec::new();
         bus.register("uart", UART_BASE, UART_SIZE, Arc::new(Mutex::new(uart)))
             .map_err(dev_err)?;
         bus.register(
@@ -392,16 +555,26 @@ impl Vm {
                 &format!("virtio-blk{i}"),
                 virtio_base(slot),
                 VIRTIO_STRIDE,
-                dev,
+                dev.clone(),
             )
             .map_err(dev_err)?;
+            disks.push(dev);
         }
         bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
             .map_err(dev_err)?;
+        let counters: Arc<[VcpuCounters]> =
+            (0..cfg.cpus).map(|_| VcpuCounters::default()).collect();
+        let last = Arc::new(Mutex::new(VmStats {
+            memory_configured: ram_size,
+            ..VmStats::default()
+        }));
         let shared = Arc::new(Shared {
             mem,
             bus,
             harts: slots,
+            counters,
+            disks,
+            uart_input: uart_input.clone(),
             stop: AtomicBool::new(false),
             outcome: Mutex::new(None),
             console: cfg.console.clone(),
@@ -412,6 +585,7 @@ impl Vm {
             shared,
             harts,
             uart: uart_input,
+            last,
         })
     }
 
@@ -423,13 +597,27 @@ impl Vm {
     /// Guest instructions retired so far, per vCPU (readable while the VM runs).
     /// Keeps the final counts once the VM has ended.
     pub fn instret_counter(&self) -> impl Fn() -> Vec<u64> + Send + Sync + 'static {
-        let counters: Vec<Arc<AtomicU64>> = self
-            .shared
-            .harts
-            .iter()
-            .map(|h| h.instret.clone())
-            .collect();
-        move || counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        let counters = self.shared.counters.clone();
+        move || {
+            counters
+                .iter()
+                .map(|c| c.instret.load(Ordering::Relaxed))
+                .collect()
+        }
+    }
+
+    /// A controller for other threads: stop, SysRq on the console, counters.
+    pub fn controller(&self) -> VmController {
+        VmController {
+            shared: Arc::downgrade(&self.shared),
+            vcpus: self.shared.counters.clone(),
+            memory_configured: self
+                .last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .memory_configured,
+            last: self.last.clone(),
+        }
     }
 
     /// A handle that stops the VM from another thread (a no-op once it has ended). It holds
@@ -489,6 +677,13 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        // Keep the final counters for controllers: the devices go away with `shared`.
+        let (touched, disks) = shared.disk_stats();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.memory_touched = touched;
+            last.disks = disks;
+        }
         o.unwrap_or(VmOutcome::Stopped)
     }
 }
@@ -605,7 +800,11 @@ fn vcpu_loop(s: Arc<Shared>, id: usize, mut hart: Hart) {
             HsmState::Started => {}
         }
         let exit = hart.run(SLICE);
-        slot.instret.store(hart.instret(), Ordering::Relaxed);
+        let counters = &s.counters[id];
+        counters.instret.store(hart.instret(), Ordering::Relaxed);
+        counters
+            .cpu_time_ns
+            .store(thread_cpu_time_ns(), Ordering::Relaxed);
         let deadline = slot.deadline.load(Ordering::SeqCst);
         if deadline != u64::MAX && s.now() >= deadline {
             slot.handle.set_irq(Irq::SupervisorTimer, true);

@@ -71,6 +71,7 @@ fn config(kernel: PathBuf, cpus: u32, memory: u64, console: Arc<Capture>) -> VmC
         cmdline: "hostile".into(),
         console,
         disks: Vec::new(),
+        fault_on_console: None,
     }
 }
 
@@ -1413,4 +1414,95 @@ fn image_header(text_offset: u64, image_size: u64) -> Vec<u8> {
     d[48..53].copy_from_slice(b"RISCV");
     d[56..60].copy_from_slice(b"RSC\x05");
     d
+}
+
+/// Writes `text` to the UART's THR byte by byte (the fault hook watches the UART, not SBI).
+fn uart_print(a: &mut Asm, text: &str) {
+    a.li(T0, UART_BASE);
+    for b in text.bytes() {
+        a.li(T1, u64::from(b)).emit(sb(T1, T0, 0));
+    }
+}
+
+#[test]
+fn device_panic_from_the_fault_hook_crashes_only_its_vm() {
+    let noisy = program(|a| {
+        uart_print(a, "before\nBO");
+        uart_print(a, "OM\nafter\n");
+        a.shutdown();
+    });
+    let quiet = program(|a| {
+        uart_print(a, "quiet vm\n");
+        a.shutdown();
+    });
+    let k1 = write_file("fault-noisy.elf", &noisy.elf());
+    let k2 = write_file("fault-quiet.elf", &quiet.elf());
+    let c1 = Arc::new(Capture::default());
+    let c2 = Arc::new(Capture::default());
+    let mut cfg = config(k1, 1, MEM, c1.clone());
+    cfg.fault_on_console = Some("BOOM".into());
+    let mut cfg2 = config(k2, 1, MEM, c2.clone());
+    // The text appears in the quiet VM's config too, but its guest never prints it.
+    cfg2.fault_on_console = Some("BOOM".into());
+    if !cfg!(debug_assertions) {
+        assert_vm_error("fault hook in release", cfg, &["debug builds"]);
+        return;
+    }
+    let vm1 = Vm::new(cfg).expect("vm1");
+    let vm2 = Vm::new(cfg2).expect("vm2");
+    let t = std::thread::spawn(move || vm2.run());
+    let o1 = vm1.run();
+    let o2 = t.join().expect("the other VM's thread survives");
+    match o1 {
+        VmOutcome::Crashed(why) => {
+            assert!(why.contains("panicked") && why.contains("fault"), "{why}")
+        }
+        o => panic!("the faulted VM ended {o:?}"),
+    }
+    assert_eq!(o2, VmOutcome::PowerOff { code: 0 });
+    assert!(String::from_utf8_lossy(&c1.bytes()).contains("before"));
+    assert!(!String::from_utf8_lossy(&c1.bytes()).contains("after"));
+    assert!(String::from_utf8_lossy(&c2.bytes()).contains("quiet vm"));
+}
+
+#[test]
+fn controller_reports_live_and_final_counters_and_stops_the_vm() {
+    let spin = program(|a| {
+        // Touch 1 MiB of RAM above the program so memory_touched moves, then spin.
+        a.li(T0, 0x8100_0000).li(T1, 0x8110_0000);
+        let top = a.anon();
+        a.label(&top)
+            .emit(sd(ZERO, T0, 0))
+            .emit(addi(T0, T0, 64))
+            .b(Cond::Ne, T0, T1, &top);
+        a.hang();
+    });
+    let k = write_file("controller-spin.elf", &spin.elf());
+    let vm = Vm::new(cfg_with(k, 2, MEM)).expect("vm");
+    let ctl = vm.controller();
+    let t = std::thread::spawn(move || vm.run());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let st = ctl.stats();
+        if st.vcpus[0].instret > 1_000_000 && st.vcpus[0].cpu_time_ns > 0 {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(live.vcpus.len(), 2);
+    assert_eq!(live.vcpus[1].instret, 0, "hart 1 was never started");
+    assert_eq!(live.memory_configured, MEM);
+    assert!(live.memory_touched >= 1 << 20, "{live:?}");
+    assert!(live.disks.is_empty());
+    ctl.stop();
+    assert_eq!(t.join().expect("run"), VmOutcome::Stopped);
+    let last = ctl.stats();
+    assert!(last.vcpus[0].instret >= live.vcpus[0].instret);
+    assert_eq!(
+        last.memory_touched,
+        live.memory_touched.max(last.memory_touched)
+    );
+    assert!(!ctl.send_sysrq(b'o'), "no console once the VM has ended");
+    ctl.stop(); // a no-op now
 }

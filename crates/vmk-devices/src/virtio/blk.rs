@@ -316,6 +316,10 @@ impl Default for BlockConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlkStats {
     pub requests: u64,
+    /// Read requests (VIRTIO_BLK_T_IN), whatever their status.
+    pub reads: u64,
+    /// Write requests (VIRTIO_BLK_T_OUT), whatever their status.
+    pub writes: u64,
     pub ok: u64,
     pub ioerr: u64,
     pub unsupp: u64,
@@ -479,8 +483,14 @@ impl VirtioBlk {
             .slice(HEADER_LEN, out.len() - HEADER_LEN)
             .unwrap_or_default();
         match ty {
-            VIRTIO_BLK_T_IN => self.read(sector, data_in, mem),
-            VIRTIO_BLK_T_OUT => (self.write(sector, &data_out, mem), 0),
+            VIRTIO_BLK_T_IN => {
+                self.stats.reads += 1;
+                self.read(sector, data_in, mem)
+            }
+            VIRTIO_BLK_T_OUT => {
+                self.stats.writes += 1;
+                (self.write(sector, &data_out, mem), 0)
+            }
             VIRTIO_BLK_T_FLUSH => {
                 self.stats.flushes += 1;
                 match self.backend.flush() {

@@ -684,6 +684,7 @@ fn write_then_read_back() {
     assert_eq!(stats.ok, 3);
     assert_eq!(stats.bytes_written, 4096);
     assert_eq!(stats.bytes_read, 4096 + 512);
+    assert_eq!((stats.reads, stats.writes), (2, 1));
 }
 
 #[test]
