@@ -1,10 +1,13 @@
-"""Helpers shared by the benchmark scripts (boot.py, disk.py): host load, git state, cache."""
+"""Helpers shared by the benchmark scripts (boot.py, disk.py, host.py): host load, git state,
+guest images."""
 
+import hashlib
 import os
 import resource
 import selectors
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,3 +143,48 @@ def run_console(cmd, timeout, stderr_file, on_line, on_chunk=None):
     cpu = c1 - c0
     others = max(0.0, busy_cores(j0, j1) - cpu / t_exit) if t_exit > 0 else 0.0
     return proc.returncode, t_exit, cpu, others, timed_out
+
+
+def image_key(script, packages=()):
+    """Changes when the init script, the package list or the image builder's sources change."""
+    h = hashlib.sha256(script.encode() + b"\0" + "\0".join(packages).encode())
+    src = REPO / "crates" / "vmk-image"
+    for p in sorted(src.rglob("*")):
+        wanted = p.suffix == ".rs" or p.name == "Cargo.toml"
+        if wanted and p.is_file() and "target" not in p.parts:
+            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_image(vmk, name, script, packages=(), rebuild=False, timeout=None):
+    """A guest image in <cache>/bench/<name>-<key>, built with `vmk image build` (init
+    script `script`, None for an interactive one, and extra Debian `packages`) unless
+    a complete one is cached. Exits the benchmark (status 2) if the build fails."""
+    key = image_key(script or "", packages)
+    out = cache_dir() / "bench" / f"{name}-{key}"
+    stamp = out / ".bench-complete"
+    files = [out / "vmlinux", out / "initrd.img"]
+    if not rebuild and stamp.exists() and all(f.exists() for f in files):
+        print(f"image: reusing {out} (initrd {files[1].stat().st_size / (1 << 20):.0f} MiB)")
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.unlink(missing_ok=True)
+    cmd = [str(vmk), "image", "build", "--out", str(out), "-q"]
+    for p in packages:
+        cmd += ["--package", p]
+    if script is not None:
+        path = out / "bench-init.sh"
+        path.write_text(script)
+        cmd += ["--init-script", str(path)]
+    print(f"image: building {out}", flush=True)
+    t = time.monotonic()
+    try:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"bench: error: `{' '.join(cmd)}` timed out after {timeout:.0f} s")
+    if r.returncode != 0:
+        sys.exit(f"bench: error: `{' '.join(cmd)}` failed with status {r.returncode}")
+    print(f"image: built in {time.monotonic() - t:.1f} s "
+          f"(initrd {files[1].stat().st_size / (1 << 20):.0f} MiB)")
+    stamp.write_text(key + "\n")
+    return out

@@ -52,9 +52,9 @@ from pathlib import Path
 from benchlib import (  # noqa: E402 (shared with the other benchmark)
     REPO,
     busy_cores,
-    cache_dir,
     cpu_jiffies,
     describe_git,
+    ensure_image,
     load,
     run_console,
     wait_idle,
@@ -91,41 +91,6 @@ def die(msg):
     print(f"boot.py: error: {msg}", file=sys.stderr)
     sys.exit(2)
 
-
-
-def image_key():
-    """Changes when the init script or the image builder's sources change."""
-    h = hashlib.sha256(INIT_SCRIPT.encode())
-    src = REPO / "crates" / "vmk-image"
-    for p in sorted(src.rglob("*")):
-        wanted = p.suffix == ".rs" or p.name == "Cargo.toml"
-        if wanted and p.is_file() and "target" not in p.parts:
-            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def ensure_image(vmk, rebuild):
-    cache = cache_dir()
-    key = image_key()
-    out = cache / "bench" / f"boot-{key}"
-    stamp = out / ".bench-complete"
-    files = [out / "vmlinux", out / "initrd.img"]
-    if not rebuild and stamp.exists() and all(f.exists() for f in files):
-        print(f"image: reusing {out}")
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
-    script = out / "bench-init.sh"
-    script.write_text(INIT_SCRIPT)
-    cmd = [str(vmk), "image", "build", "--out", str(out), "--init-script", str(script), "-q"]
-    print(f"image: building {out}", flush=True)
-    t = time.monotonic()
-    r = subprocess.run(cmd, stdin=subprocess.DEVNULL)
-    if r.returncode != 0:
-        die(f"`{' '.join(cmd)}` failed with status {r.returncode}")
-    print(f"image: built in {time.monotonic() - t:.1f} s")
-    stamp.write_text(key + "\n")
-    return out
 
 
 class RunError(Exception):
@@ -256,7 +221,7 @@ def main():
           f"{busy:.2f} CPUs busy now")
     if busy >= 0.25 and args.wait_idle <= 0:
         print("host: WARNING: the machine is busy; timings will be noisy", flush=True)
-    image = ensure_image(vmk, args.rebuild)
+    image = ensure_image(vmk, "boot", INIT_SCRIPT, rebuild=args.rebuild)
     log_dir = args.log_dir or target / "bench-boot" / datetime.datetime.now().strftime(
         "%Y%m%d-%H%M%S")
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,6 @@ Only the Python standard library is used. Entry point: bench/disk.sh (builds vmk
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import random
@@ -86,10 +85,10 @@ from pathlib import Path
 from benchlib import (  # noqa: E402 (shared with the other benchmark)
     REPO,
     busy_cores,
-    cache_dir,
     children_cpu,
     cpu_jiffies,
     describe_git,
+    ensure_image,
     load,
     run_console,
     wait_idle,
@@ -483,44 +482,6 @@ JSON_RE = re.compile(r"vmk-bench: json (\w+) (begin|end)$")
 PRINTK_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
 
 
-def image_key():
-    """Changes when the init script, the package list or the image builder's sources change."""
-    h = hashlib.sha256(FIO_SCRIPT.encode() + b"\0package fio\0")
-    src = REPO / "crates" / "vmk-image"
-    for p in sorted(src.rglob("*")):
-        wanted = p.suffix == ".rs" or p.name == "Cargo.toml"
-        if wanted and p.is_file() and "target" not in p.parts:
-            h.update(str(p.relative_to(src)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def ensure_image(vmk, rebuild, timeout):
-    out = cache_dir() / "bench" / f"disk-fio-{image_key()}"
-    stamp = out / ".bench-complete"
-    files = [out / "vmlinux", out / "initrd.img"]
-    if not rebuild and stamp.exists() and all(f.exists() for f in files):
-        print(f"image: reusing {out} (initrd {files[1].stat().st_size / MIB:.0f} MiB)")
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.unlink(missing_ok=True)
-    script = out / "bench-init.sh"
-    script.write_text(FIO_SCRIPT)
-    cmd = [str(vmk), "image", "build", "--out", str(out), "--package", "fio",
-           "--init-script", str(script), "-q"]
-    print(f"image: building {out}", flush=True)
-    t = time.monotonic()
-    try:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        die(f"`{' '.join(cmd)}` timed out after {timeout:.0f} s")
-    if r.returncode != 0:
-        die(f"`{' '.join(cmd)}` failed with status {r.returncode}")
-    print(f"image: built in {time.monotonic() - t:.1f} s "
-          f"(initrd {files[1].stat().st_size / MIB:.0f} MiB)")
-    stamp.write_text(image_key() + "\n")
-    return out
-
-
 def run_vm(cmd, timeout, log_path):
     """Runs one VM with its console on a pipe; returns (lines [(t, text)], exit status,
     seconds, child CPU s, others CPUs, timed out)."""
@@ -669,7 +630,8 @@ def cmd_fio(args):
             die(f"{args.qemu} not found (install qemu-system-misc) or use --vmk-only")
         vms.append("qemu")
     load_before = print_host_header(args)
-    image = ensure_image(vmk, args.rebuild, args.build_timeout)
+    image = ensure_image(vmk, "disk-fio", FIO_SCRIPT, ("fio",), args.rebuild,
+                         args.build_timeout)
     log_dir = args.log_dir or target / "bench-disk" / datetime.datetime.now().strftime(
         "%Y%m%d-%H%M%S")
     work = log_dir / "work"
