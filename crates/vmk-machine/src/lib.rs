@@ -7,7 +7,10 @@ pub mod loader;
 pub mod sbi;
 mod vm;
 
-pub use vm::{Console, DiskSpec, Vm, VmConfig, VmError, VmOutcome};
+pub use vm::{
+    Console, DiskSpec, DiskStats, VcpuStats, Vm, VmConfig, VmController, VmError, VmOutcome,
+    VmStats,
+};
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so
 /// that the same kernels and bare-metal programs run on both).
