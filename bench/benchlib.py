@@ -5,6 +5,7 @@ import hashlib
 import os
 import resource
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,3 +189,22 @@ def ensure_image(vmk, name, script, packages=(), rebuild=False, timeout=None):
           f"(initrd {files[1].stat().st_size / (1 << 20):.0f} MiB)")
     stamp.write_text(key + "\n")
     return out
+
+
+def locate_vms(args, script):
+    """The vmk binary (--vmk, else target/release/vmk under CARGO_TARGET_DIR or the repo) and
+    which VMs to run ("vmk", "qemu") from --vmk-only/--qemu-only. Exits if one is missing."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    vmk = args.vmk or target / "release" / "vmk"
+    if not vmk.exists():
+        sys.exit(f"bench: error: {vmk} not found; run bench/{script} (it builds vmk) or "
+                 "pass --vmk")
+    vms = []
+    if not getattr(args, "qemu_only", False):
+        vms.append("vmk")
+    if not getattr(args, "vmk_only", False):
+        if not shutil.which(args.qemu):
+            sys.exit(f"bench: error: {args.qemu} not found (install qemu-system-misc) or use "
+                     "--vmk-only")
+        vms.append("qemu")
+    return target, vmk, vms

@@ -42,7 +42,6 @@ import datetime
 import hashlib
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,11 +49,11 @@ import time
 from pathlib import Path
 
 from benchlib import (  # noqa: E402 (shared with the other benchmark)
-    REPO,
     busy_cores,
     cpu_jiffies,
     describe_git,
     ensure_image,
+    locate_vms,
     load,
     run_console,
     wait_idle,
@@ -201,17 +200,7 @@ def main():
     if args.runs < 1 or args.cpus < 1:
         die("--runs and --cpus must be at least 1")
 
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    vmk = args.vmk or target / "release" / "vmk"
-    if not vmk.exists():
-        die(f"{vmk} not found; run bench/boot.sh (it builds vmk) or pass --vmk")
-    vms = []
-    if not args.qemu_only:
-        vms.append("vmk")
-    if not args.vmk_only:
-        if not shutil.which(args.qemu):
-            die(f"{args.qemu} not found (install qemu-system-misc) or use --vmk-only")
-        vms.append("qemu")
+    target, vmk, vms = locate_vms(args, "boot.sh")
 
     load_before = load()
     a = cpu_jiffies()

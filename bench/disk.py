@@ -89,6 +89,7 @@ from benchlib import (  # noqa: E402 (shared with the other benchmark)
     cpu_jiffies,
     describe_git,
     ensure_image,
+    locate_vms,
     load,
     run_console,
     wait_idle,
@@ -618,17 +619,7 @@ def fio_once(cmd, timeout, log_path):
 
 
 def cmd_fio(args):
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    vmk = args.vmk or target / "release" / "vmk"
-    if not vmk.exists():
-        die(f"{vmk} not found; run bench/disk.sh (it builds vmk) or pass --vmk")
-    vms = []
-    if not args.qemu_only:
-        vms.append("vmk")
-    if not args.vmk_only:
-        if not shutil.which(args.qemu):
-            die(f"{args.qemu} not found (install qemu-system-misc) or use --vmk-only")
-        vms.append("qemu")
+    target, vmk, vms = locate_vms(args, "disk.sh")
     load_before = print_host_header(args)
     image = ensure_image(vmk, "disk-fio", FIO_SCRIPT, ("fio",), args.rebuild,
                          args.build_timeout)
