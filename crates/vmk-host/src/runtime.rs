@@ -20,9 +20,9 @@
 //! for the vCPU threads to end, `stop` returns at once with the VM `stopping`.
 //!
 //! # Graceful stop: magic SysRq over the serial console
-//! Guests have no ACPI here, and the image's `/init` (PID 1, a busybox shell) ignores
-//! signals, so `stop` uses what every Linux serial console understands: magic SysRq, a
-//! BREAK condition on the UART followed by a key (`VmController::send_sysrq`; `/init`
+//! The VMs have no ACPI and no guest agent, and the host cannot signal processes inside a
+//! guest, so `stop` uses what every Linux serial console understands: magic SysRq, a BREAK
+//! condition on the UART followed by a key (`VmController::send_sysrq`; the image's `/init`
 //! enables all SysRq functions). The host sends `e` (SIGTERM to every process but init: the
 //! init script ends and `/init` reports its status and powers off, as when the script ends by
 //! itself), then, after up to 2 s, `s` (emergency sync), `u` (remount read-only) and `o`
