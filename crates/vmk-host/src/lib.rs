@@ -3,9 +3,21 @@
 //! Layers, bottom up:
 //! - [`model`]: the VM definition (the role of ESX's .vmx), states, metrics and the
 //!   [`model::HostApi`] trait: everything the REST API and the CLI can ask of a host.
-//! - `runtime` (to come): the real host behind `HostApi` (inventory on disk, VM threads,
+//! - [`machine`], [`console`]: definition → machine configuration, outcome → exit, and the
+//!   console watcher; shared with `vmk run`.
+//! - [`validate`], [`inventory`]: checks of definitions, and the inventory on disk.
+//! - [`runtime`]: the real host behind `HostApi` (inventory on disk, VM threads,
 //!   consoles, metrics).
 //! - `api` (to come): the REST API (JSON over a Unix socket, optionally TCP + bearer token),
 //!   a thin translation of HTTP to `HostApi` calls.
 
+pub mod console;
+pub mod inventory;
+pub mod machine;
 pub mod model;
+pub mod runtime;
+pub mod sysinfo;
+pub mod validate;
+
+#[cfg(test)]
+mod testutil;

@@ -7,8 +7,8 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use vmk_vmdk::{convert, CreateOptions, OpenMode, Subformat, Target, Vmdk};
 
-use crate::run::parse_size;
 use crate::CmdError;
+use vmk_host::model::parse_size;
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {

@@ -2,11 +2,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use clap::Args;
-use vmk_machine::{Console, Vm, VmConfig, VmOutcome};
+use vmk_host::console::StatusWatcher;
+use vmk_host::model::{parse_size, Boot, ByteSize, DiskDef, ExitInfo, Resources, VmDefinition};
+use vmk_machine::{Console, Vm};
 
 use crate::CmdError;
 
@@ -34,17 +35,17 @@ pub struct RunArgs {
     /// A virtual disk (VMDK or raw file), seen by the guest as /dev/vda, /dev/vdb, ... in
     /// the order given. Options: `readonly`, `serial=S` (at most 20 bytes).
     #[arg(long = "disk", value_name = "PATH[,readonly][,serial=S]", value_parser = parse_disk)]
-    pub disks: Vec<vmk_machine::DiskSpec>,
+    pub disks: Vec<DiskDef>,
 }
 
 /// Parses `PATH[,readonly][,serial=S]`.
-pub fn parse_disk(s: &str) -> Result<vmk_machine::DiskSpec, String> {
+pub fn parse_disk(s: &str) -> Result<DiskDef, String> {
     let mut parts = s.split(',');
     let path = parts.next().unwrap_or_default();
     if path.is_empty() {
         return Err("--disk needs a path: --disk PATH[,readonly][,serial=S]".into());
     }
-    let mut spec = vmk_machine::DiskSpec {
+    let mut spec = DiskDef {
         path: PathBuf::from(path),
         read_only: false,
         serial: None,
@@ -53,12 +54,7 @@ pub fn parse_disk(s: &str) -> Result<vmk_machine::DiskSpec, String> {
         match opt.split_once('=') {
             None if opt == "readonly" || opt == "ro" => spec.read_only = true,
             Some(("serial", v)) => {
-                if v.len() > 20 {
-                    return Err(format!(
-                        "disk serial '{v}' is {} bytes; virtio-blk serials are at most 20",
-                        v.len()
-                    ));
-                }
+                vmk_host::validate::check_disk_serial(v)?;
                 spec.serial = Some(v.to_string());
             }
             _ => {
@@ -71,68 +67,22 @@ pub fn parse_disk(s: &str) -> Result<vmk_machine::DiskSpec, String> {
     Ok(spec)
 }
 
-/// Parses sizes like `512M`, `2G`, `65536K` or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "unknown size suffix '{c}' in '{s}' (use K, M, G or T)"
-                    ))
-                }
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (examples: 512M, 2G)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
-}
-
-/// Console on stdout that also watches for the image's exit-status line.
+/// Console on stdout that also watches for the image's exit-status line (the same watcher
+/// as the host's).
 struct Terminal {
-    line: Mutex<Vec<u8>>,
-    status: Arc<AtomicI32>,
+    watcher: Mutex<StatusWatcher>,
 }
-
-const STATUS_PREFIX: &[u8] = b"vmk-guest: exit-status ";
-const NO_STATUS: i32 = i32::MIN;
 
 impl Console for Terminal {
     fn write(&self, bytes: &[u8]) {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(bytes);
         let _ = out.flush();
-        let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
-        for &b in bytes {
-            if b == b'\n' || b == b'\r' {
-                if let Some(code) = parse_status(&line) {
-                    self.status.store(code, Ordering::SeqCst);
-                }
-                line.clear();
-            } else if line.len() < 4096 {
-                line.push(b);
-            }
-        }
+        self.watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .feed(bytes);
     }
-}
-
-/// The guest's exit status from a console line ending in `vmk-guest: exit-status N`.
-fn parse_status(line: &[u8]) -> Option<i32> {
-    let pos = line
-        .windows(STATUS_PREFIX.len())
-        .rposition(|w| w == STATUS_PREFIX)?;
-    let rest = std::str::from_utf8(&line[pos + STATUS_PREFIX.len()..]).ok()?;
-    rest.trim().parse().ok()
 }
 
 /// Puts the terminal in raw mode while alive (so keys go to the guest), restoring it on drop.
@@ -198,34 +148,36 @@ fn ensure_default_image(dir: &Path) -> Result<(), CmdError> {
 }
 
 pub fn run(args: RunArgs) -> Result<i32, CmdError> {
-    let (kernel, initrd) = match (&args.image, &args.kernel) {
-        (_, Some(k)) => (k.clone(), args.initrd.clone()),
-        (Some(dir), None) => (dir.join("vmlinux"), Some(dir.join("initrd.img"))),
+    let image = match (&args.image, &args.kernel) {
         (None, None) => {
             let dir = default_image_dir();
             ensure_default_image(&dir)?;
-            (dir.join("vmlinux"), Some(dir.join("initrd.img")))
+            Some(dir)
         }
+        (image, _) => image.clone(),
     };
-    let cmdline = args
-        .append
-        .clone()
-        .unwrap_or_else(|| vmk_image::DEFAULT_APPEND.to_string());
-    let status = Arc::new(AtomicI32::new(NO_STATUS));
-    let console = Arc::new(Terminal {
-        line: Mutex::new(Vec::new()),
-        status: status.clone(),
-    });
-    let vm = Vm::new(VmConfig {
+    // The host's definition → machine step, so `vmk run` boots exactly what a host VM with
+    // the same settings would.
+    let def = VmDefinition {
+        name: "vmk-run".into(),
         cpus: args.cpus,
-        memory: args.memory,
-        kernel,
-        initrd,
-        cmdline,
-        console,
+        memory: ByteSize(args.memory),
+        autostart: false,
+        boot: Boot {
+            image,
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            append: args.append.clone(),
+        },
         disks: args.disks.clone(),
-        fault_on_console: None,
-    })?;
+        nics: Vec::new(),
+        resources: Resources::default(),
+        test_fault_on_console: None,
+    };
+    let console = Arc::new(Terminal {
+        watcher: Mutex::new(StatusWatcher::new()),
+    });
+    let vm = Vm::new(vmk_host::machine::vm_config(&def, console.clone())?)?;
     let raw = RawMode::enable();
     if raw.is_some() {
         eprint!("vmk: console attached; Ctrl-A x quits\r\n");
@@ -266,40 +218,28 @@ pub fn run(args: RunArgs) -> Result<i32, CmdError> {
     });
     let outcome = vm.run();
     drop(raw);
-    let guest_status = status.load(Ordering::SeqCst);
-    match outcome {
-        VmOutcome::PowerOff { code } => Ok(if guest_status != NO_STATUS {
-            guest_status
-        } else {
-            code
-        }),
-        VmOutcome::Reboot => {
+    let guest_status = console
+        .watcher
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .status();
+    match vmk_host::machine::exit_info(&outcome, guest_status) {
+        Some(ExitInfo::PoweredOff { status }) => Ok(status),
+        None => {
             eprintln!("vmk: the guest reset; the VM is stopped");
             Ok(0)
         }
-        VmOutcome::Stopped => {
+        Some(ExitInfo::Killed) => {
             eprintln!("vmk: VM stopped");
             Ok(0)
         }
-        VmOutcome::Crashed(why) => Err(format!("the VM crashed: {why}").into()),
+        Some(ExitInfo::Crashed { reason }) => Err(format!("the VM crashed: {reason}").into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("12Q").unwrap_err().contains("suffix"));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("99999999999T")
-            .unwrap_err()
-            .contains("too large"));
-    }
 
     #[test]
     fn disk_specs() {
@@ -315,16 +255,5 @@ mod tests {
         assert!(parse_disk("x,serial=123456789012345678901")
             .unwrap_err()
             .contains("at most 20"));
-    }
-
-    #[test]
-    fn status_line() {
-        assert_eq!(parse_status(b"vmk-guest: exit-status 3"), Some(3));
-        assert_eq!(
-            parse_status(b"no newline at endvmk-guest: exit-status 0"),
-            Some(0)
-        );
-        assert_eq!(parse_status(b"vmk-guest: exit-status x"), None);
-        assert_eq!(parse_status(b"vmk-guest: ready"), None);
     }
 }

@@ -1,0 +1,1008 @@
+//! The real host behind [`HostApi`]: the inventory on disk, one set of threads per running
+//! VM, consoles, lifecycle and metrics.
+//!
+//! # Threads of a VM
+//! `start` spawns a *runner* thread (`vm-<name>`) that builds the machine (`Vm::new`, with
+//! panics caught) and calls `Vm::run`, which starts one thread per vCPU. A console *pump*
+//! thread per run carries console output to the log, the tail and attached consoles. When
+//! `Vm::run` returns, the runner records how the run ended; on a guest reboot (or `reset`) it
+//! builds a new machine and goes on (`boots` counts each). A crash (a panic in a device
+//! model or vCPU, caught by vmk-machine, or a guest error) ends only that VM: it is marked
+//! `crashed` with the reason in `last_exit`.
+//!
+//! # Lifecycle and locking
+//! Each VM has an operation lock (`op`) that serializes lifecycle calls (start, stop,
+//! poweroff, reset, delete), and a status lock (`st`, with a condition variable) that the
+//! runner also takes to publish state changes. Lock order: the host's VM map, then `op`,
+//! then `st`, then the console hub; the runner takes `st` alone. So of two concurrent
+//! `start`s one wins and the other sees `running` and gets `Conflict`. No call waits for a
+//! guest: `start` waits for the machine to be built, `poweroff` and `reset` wait (bounded)
+//! for the vCPU threads to end, `stop` returns at once with the VM `stopping`.
+//!
+//! # Graceful stop: magic SysRq over the serial console
+//! The VMs have no ACPI and no guest agent, and the host cannot signal processes inside a
+//! guest, so `stop` uses what every Linux serial console understands: magic SysRq, a BREAK
+//! condition on the UART followed by a key (`VmController::send_sysrq`; the image's `/init`
+//! enables all SysRq functions). The host sends `e` (SIGTERM to every process but init: the
+//! init script ends and `/init` reports its status and powers off, as when the script ends by
+//! itself), then, after up to 2 s, `s` (emergency sync), `u` (remount read-only) and `o`
+//! (power off), for guests whose init does not power off by itself. If the VM is still
+//! running at the timeout it is powered off (`last_exit = killed`). A guest that disabled
+//! SysRq is therefore stopped at the timeout.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use vmk_devices::UartInput;
+use vmk_machine::{Vm, VmOutcome};
+
+use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
+use crate::inventory::{self, InventoryError, PersistedState};
+use crate::machine;
+use crate::model::*;
+use crate::sysinfo;
+use crate::validate::{validate_definition, HostLimits};
+
+/// How long `poweroff` and `reset` wait for the vCPU threads to end (they notice a stop
+/// within one run slice; a disk request in flight finishes first).
+const END_WAIT: Duration = Duration::from_secs(10);
+/// Console input waits at most this long for room in the guest UART's receive FIFO.
+const INPUT_WAIT: Duration = Duration::from_secs(1);
+/// Pause between SysRq `e` (terminate processes) and `s`/`u`/`o`, at most.
+const SYSRQ_TERM_PAUSE: Duration = Duration::from_secs(2);
+/// Extra time `shutdown` gives VMs after the stop timeout before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The host's lock file in its directory (one host per directory).
+const LOCK_FILE: &str = "host.lock";
+
+/// Counters of a machine, as the host reports them (from `VmController::stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RunStats {
+    vcpus: Vec<VcpuMetrics>,
+    memory_touched: u64,
+    /// (read_ops, read_bytes, write_ops, write_bytes, flush_ops, errors) per disk.
+    disks: Vec<[u64; 6]>,
+}
+
+/// The host's handles on one machine. vmk-machine does not export the `VmController` type,
+/// so its methods are kept as closures (they hold no VM resources: weak references).
+struct MachineCtl {
+    stop: Box<dyn Fn() + Send + Sync>,
+    sysrq: Box<dyn Fn(u8) -> bool + Send + Sync>,
+    stats: Box<dyn Fn() -> RunStats + Send + Sync>,
+    uart: UartInput,
+}
+
+impl MachineCtl {
+    fn new(vm: &Vm) -> MachineCtl {
+        let (c1, c2, c3) = (vm.controller(), vm.controller(), vm.controller());
+        MachineCtl {
+            stop: Box::new(move || c1.stop()),
+            sysrq: Box::new(move |k| c2.send_sysrq(k)),
+            stats: Box::new(move || {
+                let s = c3.stats();
+                RunStats {
+                    vcpus: s
+                        .vcpus
+                        .iter()
+                        .map(|v| VcpuMetrics {
+                            cpu_time_ns: v.cpu_time_ns,
+                            instret: v.instret,
+                        })
+                        .collect(),
+                    memory_touched: s.memory_touched,
+                    disks: s
+                        .disks
+                        .iter()
+                        .map(|d| {
+                            [
+                                d.read_ops,
+                                d.read_bytes,
+                                d.write_ops,
+                                d.write_bytes,
+                                d.flush_ops,
+                                d.errors,
+                            ]
+                        })
+                        .collect(),
+                }
+            }),
+            uart: vm.uart(),
+        }
+    }
+}
+
+/// What the current lifecycle call asked of a running VM; read by the runner when a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    None,
+    /// Graceful stop in progress (`stopping`).
+    Stop,
+    PowerOff,
+    Reset,
+}
+
+struct VmStatus {
+    def: VmDefinition,
+    state: VmState,
+    saved: PersistedState,
+    /// The current machine (None when not running, and between the runs of a reboot).
+    machine: Option<Arc<MachineCtl>>,
+    /// Counts power-ons: a stop timer belongs to one session.
+    session: u64,
+    intent: Intent,
+    /// Counters of the last machine, kept after it ended.
+    last_stats: Option<RunStats>,
+    deleted: bool,
+}
+
+impl VmStatus {
+    fn running(&self) -> bool {
+        matches!(
+            self.state,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
+    }
+}
+
+struct VmEntry {
+    name: String,
+    dir: PathBuf,
+    op: Mutex<()>,
+    st: Mutex<VmStatus>,
+    changed: Condvar,
+    console: Arc<ConsoleHub>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a lock is held leaves consistent data here (every update is one
+    // assignment), so poisoning is ignored rather than spreading the panic to the API.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl VmEntry {
+    fn info(&self, st: &VmStatus) -> VmInfo {
+        VmInfo {
+            name: self.name.clone(),
+            state: st.state,
+            definition: st.def.clone(),
+            last_exit: st.saved.last_exit.clone(),
+            started_at: st.saved.started_at,
+            ended_at: st.saved.ended_at,
+            boots: st.saved.boots,
+        }
+    }
+
+    /// Persists the run history (called with `st` held so a delete cannot interleave).
+    fn persist(&self, st: &VmStatus) {
+        if st.deleted {
+            return;
+        }
+        if let Err(e) = inventory::save_state(&self.dir, &st.saved) {
+            eprintln!(
+                "vmk-host: VM '{}': cannot save {}: {e} (the state is kept in memory)",
+                self.name,
+                self.dir.join(inventory::STATE_FILE).display()
+            );
+        }
+    }
+
+    /// Waits until `done(st)` or `timeout`; returns the guard.
+    fn wait_until<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, VmStatus>,
+        timeout: Duration,
+        done: impl Fn(&VmStatus) -> bool,
+    ) -> MutexGuard<'a, VmStatus> {
+        let deadline = Instant::now() + timeout;
+        while !done(&st) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st
+    }
+
+    fn not_running(&self, st: &VmStatus) -> HostError {
+        HostError::Conflict(format!(
+            "VM '{}' is not running (it is {}); start it first",
+            self.name,
+            state_name(st.state)
+        ))
+    }
+}
+
+fn state_name(s: VmState) -> &'static str {
+    match s {
+        VmState::Stopped => "stopped",
+        VmState::Starting => "starting",
+        VmState::Running => "running",
+        VmState::Stopping => "stopping",
+        VmState::Crashed => "crashed",
+    }
+}
+
+/// Why a machine could not be built.
+enum BuildFailure {
+    /// `Vm::new` refused (files, sizes, devices): the definition or the host's files.
+    Refused(String),
+    /// A panic (a vmk bug) or a host resource problem.
+    Internal(String),
+}
+
+impl BuildFailure {
+    fn reason(&self) -> &str {
+        match self {
+            BuildFailure::Refused(s) | BuildFailure::Internal(s) => s,
+        }
+    }
+}
+
+/// The vmk host: owns the inventory in its directory and every VM of it.
+pub struct Host {
+    dir: PathBuf,
+    limits: HostLimits,
+    started: Instant,
+    vms: Mutex<BTreeMap<String, Arc<VmEntry>>>,
+    errors: Mutex<Vec<InventoryError>>,
+    shutting_down: AtomicBool,
+    /// Held (flock) while the host lives: two hosts on one directory would corrupt it.
+    _lock: File,
+}
+
+impl Host {
+    /// Opens the host directory `cfg.dir` (created mode 0700 if missing), loads the
+    /// inventory and starts the VMs marked `autostart`. A definition that cannot be loaded is
+    /// skipped, logged, and reported by [`Host::inventory_errors`].
+    pub fn open(cfg: &HostConfig) -> Result<Arc<Host>, HostError> {
+        Self::open_with_limits(
+            cfg,
+            HostLimits {
+                cpus: sysinfo::cpus(),
+                memory: sysinfo::memory(),
+            },
+        )
+    }
+
+    /// [`Host::open`] with given host limits (tests use small ones).
+    pub fn open_with_limits(cfg: &HostConfig, limits: HostLimits) -> Result<Arc<Host>, HostError> {
+        let dir = &cfg.dir;
+        inventory::create_private_dir(dir).map_err(|e| {
+            HostError::Internal(format!(
+                "cannot create the host directory {}: {e} (set `dir` in the host config to a \
+                 writable directory)",
+                dir.display()
+            ))
+        })?;
+        let dir_lock = lock_dir(dir)?;
+        let (loaded, errors) = inventory::load_all(dir).map_err(|e| {
+            HostError::Internal(format!(
+                "cannot read the inventory in {}: {e}",
+                dir.join(inventory::VMS_DIR).display()
+            ))
+        })?;
+        for e in &errors {
+            eprintln!(
+                "vmk-host: skipping {}: {} (fix or remove it; the other VMs are loaded)",
+                e.path.display(),
+                e.message
+            );
+        }
+        let mut vms = BTreeMap::new();
+        for l in loaded {
+            let name = l.definition.name.clone();
+            vms.insert(name.clone(), new_entry(name, l.dir, l.definition, l.state));
+        }
+        let host = Arc::new(Host {
+            dir: dir.clone(),
+            limits,
+            started: Instant::now(),
+            vms: Mutex::new(vms),
+            errors: Mutex::new(errors),
+            shutting_down: AtomicBool::new(false),
+            _lock: dir_lock,
+        });
+        let autostart: Vec<String> = lock(&host.vms)
+            .values()
+            .filter(|e| lock(&e.st).def.autostart)
+            .map(|e| e.name.clone())
+            .collect();
+        for name in autostart {
+            if let Err(e) = host.start(&name) {
+                eprintln!("vmk-host: autostart of VM '{name}' failed: {e}");
+            }
+        }
+        Ok(host)
+    }
+
+    /// The host directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Definitions found in the inventory that could not be loaded (path and reason).
+    pub fn inventory_errors(&self) -> Vec<InventoryError> {
+        lock(&self.errors).clone()
+    }
+
+    /// Stops every running VM gracefully, in parallel, powering off at `timeout` what has
+    /// not stopped, and waits for them to end. New starts are refused from now on.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        for e in &entries {
+            // Conflict = not running or already stopping: both fine here.
+            let _ = self.stop_entry(e, timeout);
+        }
+        let deadline = Instant::now() + timeout + SHUTDOWN_GRACE;
+        for e in &entries {
+            let st = lock(&e.st);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let st = e.wait_until(st, left, |s| !s.running());
+            if st.running() {
+                eprintln!(
+                    "vmk-host: VM '{}' did not end within {:?} of the shutdown; leaving it",
+                    e.name,
+                    timeout + SHUTDOWN_GRACE
+                );
+            }
+        }
+    }
+
+    fn entry(&self, name: &str) -> Result<Arc<VmEntry>, HostError> {
+        validate_name("VM", name)?;
+        lock(&self.vms).get(name).cloned().ok_or_else(|| {
+            HostError::NotFound(format!(
+                "no VM named '{name}' on this host (list them with `vmk vm list`)"
+            ))
+        })
+    }
+
+    /// Takes the operation lock of a VM that still exists.
+    fn op<'a>(&self, e: &'a VmEntry) -> Result<MutexGuard<'a, ()>, HostError> {
+        let g = lock(&e.op);
+        if lock(&e.st).deleted {
+            return Err(HostError::NotFound(format!(
+                "VM '{}' was deleted meanwhile",
+                e.name
+            )));
+        }
+        Ok(g)
+    }
+
+    fn start_entry(&self, e: &Arc<VmEntry>) -> Result<VmInfo, HostError> {
+        let _op = self.op(e)?;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(HostError::Conflict(format!(
+                "the host is shutting down; VM '{}' was not started",
+                e.name
+            )));
+        }
+        let def = {
+            let mut st = lock(&e.st);
+            match st.state {
+                VmState::Stopped | VmState::Crashed => {}
+                VmState::Stopping => {
+                    return Err(HostError::Conflict(format!(
+                        "VM '{}' is stopping; wait for it to stop or power it off, then start \
+                         it",
+                        e.name
+                    )))
+                }
+                VmState::Starting | VmState::Running => {
+                    return Err(HostError::Conflict(format!(
+                        "VM '{}' is running; stop or power it off first",
+                        e.name
+                    )))
+                }
+            }
+            st.state = VmState::Starting;
+            st.session += 1;
+            st.intent = Intent::None;
+            e.changed.notify_all();
+            st.def.clone()
+        };
+        let (tx, rx) = mpsc::channel();
+        let entry = e.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vm-{}", e.name))
+            .spawn(move || runner(entry, def, tx));
+        if let Err(err) = spawned {
+            let reason = format!("cannot start the VM's thread: {err}");
+            finish_session(
+                e,
+                ExitInfo::Crashed {
+                    reason: reason.clone(),
+                },
+                None,
+            );
+            return Err(HostError::Internal(format!("VM '{}': {reason}", e.name)));
+        }
+        match rx.recv() {
+            Ok(Ok(())) => Ok(e.info(&lock(&e.st))),
+            Ok(Err(BuildFailure::Refused(why))) => Err(HostError::Invalid(format!(
+                "VM '{}' cannot start: {why} (it is marked crashed; fix the definition or \
+                 its files and start it again)",
+                e.name
+            ))),
+            Ok(Err(BuildFailure::Internal(why))) => Err(HostError::Internal(format!(
+                "VM '{}' cannot start: {why} (it is marked crashed)",
+                e.name
+            ))),
+            Err(_) => Err(HostError::Internal(format!(
+                "VM '{}': its thread ended before the machine was built (see the host log)",
+                e.name
+            ))),
+        }
+    }
+
+    fn stop_entry(&self, e: &Arc<VmEntry>, timeout: Duration) -> Result<VmInfo, HostError> {
+        let _op = self.op(e)?;
+        let mut st = lock(&e.st);
+        match st.state {
+            VmState::Running | VmState::Starting => {}
+            VmState::Stopping => {
+                return Err(HostError::Conflict(format!(
+                    "VM '{}' is already stopping; power it off to end it now",
+                    e.name
+                )))
+            }
+            VmState::Stopped | VmState::Crashed => return Err(e.not_running(&st)),
+        }
+        st.state = VmState::Stopping;
+        st.intent = Intent::Stop;
+        let session = st.session;
+        e.changed.notify_all();
+        let info = e.info(&st);
+        drop(st);
+        let entry = e.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("stop-{}", e.name))
+            .spawn(move || graceful_stop(&entry, session, timeout));
+        if let Err(err) = spawned {
+            // No thread for the sequence: power off now rather than leave it `stopping`.
+            eprintln!(
+                "vmk-host: VM '{}': cannot start the stop sequence ({err}); powering off",
+                e.name
+            );
+            let mut st = lock(&e.st);
+            st.intent = Intent::PowerOff;
+            if let Some(m) = &st.machine {
+                (m.stop)();
+            }
+            drop(st);
+        }
+        Ok(info)
+    }
+
+    fn poweroff_entry(&self, e: &Arc<VmEntry>) -> Result<VmInfo, HostError> {
+        let _op = self.op(e)?;
+        let mut st = lock(&e.st);
+        if !st.running() {
+            return Err(e.not_running(&st));
+        }
+        st.intent = Intent::PowerOff;
+        // Between the runs of a reboot there is no machine: the runner sees the intent.
+        if let Some(m) = &st.machine {
+            (m.stop)();
+        }
+        let st = e.wait_until(st, END_WAIT, |s| !s.running());
+        Ok(e.info(&st))
+    }
+
+    fn reset_entry(&self, e: &Arc<VmEntry>) -> Result<VmInfo, HostError> {
+        let _op = self.op(e)?;
+        let mut st = lock(&e.st);
+        match st.state {
+            VmState::Running => {}
+            VmState::Stopping => {
+                return Err(HostError::Conflict(format!(
+                    "VM '{}' is stopping; power it off and start it instead",
+                    e.name
+                )))
+            }
+            _ => return Err(e.not_running(&st)),
+        }
+        st.intent = Intent::Reset;
+        let boots = st.saved.boots;
+        if let Some(m) = &st.machine {
+            (m.stop)();
+        }
+        let st = e.wait_until(st, END_WAIT, |s| s.saved.boots != boots || !s.running());
+        Ok(e.info(&st))
+    }
+
+    fn delete_entry(&self, e: &Arc<VmEntry>) -> Result<(), HostError> {
+        let _op = self.op(e)?;
+        let mut st = lock(&e.st);
+        match st.state {
+            VmState::Stopped | VmState::Crashed => {}
+            VmState::Stopping => {
+                return Err(HostError::Conflict(format!(
+                    "VM '{}' is stopping; wait for it to stop (or power it off), then delete it",
+                    e.name
+                )))
+            }
+            _ => {
+                return Err(HostError::Conflict(format!(
+                    "VM '{}' is running; stop or power it off first",
+                    e.name
+                )))
+            }
+        }
+        // Rename first (atomic): the VM is gone from the inventory even if removing its
+        // files fails half-way (hidden directories are not loaded).
+        let trash = self.dir.join(inventory::VMS_DIR).join(format!(
+            ".deleted-{}-{}",
+            e.name,
+            sysinfo::unix_now()
+        ));
+        std::fs::rename(&e.dir, &trash).map_err(|err| {
+            HostError::Internal(format!(
+                "cannot delete VM '{}': renaming {} failed: {err}",
+                e.name,
+                e.dir.display()
+            ))
+        })?;
+        st.deleted = true;
+        e.changed.notify_all();
+        drop(st);
+        lock(&self.vms).remove(&e.name);
+        if let Err(err) = std::fs::remove_dir_all(&trash) {
+            eprintln!(
+                "vmk-host: VM '{}' is deleted, but removing {} failed: {err} (remove it by hand)",
+                e.name,
+                trash.display()
+            );
+        }
+        Ok(())
+    }
+
+    fn metrics_of(&self, e: &VmEntry) -> VmMetrics {
+        let st = lock(&e.st);
+        let stats = match &st.machine {
+            Some(m) => Some((m.stats)()),
+            None => st.last_stats.clone(),
+        }
+        .unwrap_or_default();
+        VmMetrics {
+            name: e.name.clone(),
+            state: st.state,
+            vcpus: stats.vcpus,
+            memory_configured: st.def.memory.0,
+            memory_touched: stats.memory_touched,
+            disks: st
+                .def
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let c = stats.disks.get(i).copied().unwrap_or_default();
+                    DiskMetrics {
+                        path: d.path.clone(),
+                        read_ops: c[0],
+                        read_bytes: c[1],
+                        write_ops: c[2],
+                        write_bytes: c[3],
+                        flush_ops: c[4],
+                        errors: c[5],
+                    }
+                })
+                .collect(),
+            nics: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Host {
+    /// A host dropped without [`Host::shutdown`] powers its VMs off (it does not wait), so
+    /// no VM outlives the host's inventory lock unnoticed.
+    fn drop(&mut self) {
+        for e in lock(&self.vms).values() {
+            let mut st = lock(&e.st);
+            if st.running() {
+                st.intent = Intent::PowerOff;
+                if let Some(m) = &st.machine {
+                    (m.stop)();
+                }
+            }
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File, HostError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| HostError::Internal(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(HostError::Conflict(format!(
+            "the host directory {} is in use by another vmk host (lock {} is held); stop it \
+             or give this host another directory",
+            dir.display(),
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
+fn new_entry(name: String, dir: PathBuf, def: VmDefinition, saved: PersistedState) -> Arc<VmEntry> {
+    let console = Arc::new(ConsoleHub::new(dir.join(inventory::CONSOLE_LOG)));
+    Arc::new(VmEntry {
+        name,
+        dir,
+        op: Mutex::new(()),
+        st: Mutex::new(VmStatus {
+            def,
+            // Whatever ran before a host restart is not running now.
+            state: VmState::Stopped,
+            saved,
+            machine: None,
+            session: 0,
+            intent: Intent::None,
+            last_stats: None,
+            deleted: false,
+        }),
+        changed: Condvar::new(),
+        console,
+    })
+}
+
+/// Builds a machine for `def` whose console goes to `pump`; panics are caught.
+fn build(def: &VmDefinition, pump: &Pump) -> Result<Vm, BuildFailure> {
+    let cfg = machine::vm_config(def, pump.sink()).map_err(BuildFailure::Refused)?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Vm::new(cfg))) {
+        Ok(Ok(vm)) => Ok(vm),
+        Ok(Err(e @ vmk_machine::VmError::Memory(_))) => Err(BuildFailure::Internal(e.to_string())),
+        Ok(Err(e)) => Err(BuildFailure::Refused(e.to_string())),
+        Err(p) => Err(BuildFailure::Internal(format!(
+            "building the machine panicked: {}",
+            panic_message(&*p)
+        ))),
+    }
+}
+
+/// Ends a power-on session: final state, history saved, consoles told.
+fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<RunStats>) {
+    let mut st = lock(&e.st);
+    st.state = match exit {
+        ExitInfo::Crashed { .. } => VmState::Crashed,
+        _ => VmState::Stopped,
+    };
+    st.saved.last_exit = Some(exit.clone());
+    st.saved.ended_at = Some(sysinfo::unix_now());
+    st.machine = None;
+    st.intent = Intent::None;
+    if stats.is_some() {
+        st.last_stats = stats;
+    }
+    e.persist(&st);
+    e.changed.notify_all();
+    drop(st);
+    if let ExitInfo::Crashed { reason } = &exit {
+        eprintln!("vmk-host: VM '{}' crashed: {reason}", e.name);
+    }
+    // After the state change, so a console that sees Ended and asks finds it stopped.
+    e.console.ended(&exit);
+}
+
+/// The runner thread of one power-on session: build, run, and again after a reboot.
+fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), BuildFailure>>) {
+    let mut first = Some(first);
+    loop {
+        let pump = match Pump::start(&e.name, e.console.clone()) {
+            Ok(p) => p,
+            Err(err) => {
+                let f = BuildFailure::Internal(format!("cannot start the console thread: {err}"));
+                finish_session(
+                    &e,
+                    ExitInfo::Crashed {
+                        reason: f.reason().to_string(),
+                    },
+                    None,
+                );
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(f));
+                }
+                return;
+            }
+        };
+        let vm = match build(&def, &pump) {
+            Ok(vm) => vm,
+            Err(f) => {
+                drop(pump);
+                finish_session(
+                    &e,
+                    ExitInfo::Crashed {
+                        reason: format!("cannot start: {}", f.reason()),
+                    },
+                    None,
+                );
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(Err(f));
+                }
+                return;
+            }
+        };
+        let ctl = Arc::new(MachineCtl::new(&vm));
+        {
+            let mut st = lock(&e.st);
+            st.machine = Some(ctl.clone());
+            if st.state == VmState::Starting {
+                st.state = VmState::Running;
+            }
+            st.saved.boots += 1;
+            st.saved.started_at = Some(sysinfo::unix_now());
+            match st.intent {
+                // A poweroff that came between the runs of a reboot.
+                Intent::PowerOff => (ctl.stop)(),
+                // This run is the reset.
+                Intent::Reset => st.intent = Intent::None,
+                Intent::None | Intent::Stop => {}
+            }
+            e.persist(&st);
+            e.changed.notify_all();
+        }
+        if let Some(tx) = first.take() {
+            let _ = tx.send(Ok(()));
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run()))
+            .unwrap_or_else(|p| {
+                VmOutcome::Crashed(format!(
+                    "the VM's run loop panicked: {}",
+                    panic_message(&*p)
+                ))
+            });
+        // Everything the guest printed is delivered (and its status seen) before the end.
+        let status = pump.finish();
+        let stats = (ctl.stats)();
+        let exit = machine::exit_info(&outcome, status);
+        let restart = {
+            let mut st = lock(&e.st);
+            st.last_stats = Some(stats.clone());
+            st.machine = None;
+            let restart = match (st.intent, &exit) {
+                (_, Some(ExitInfo::Crashed { .. })) => false,
+                (Intent::Reset, _) => true,
+                (Intent::None, None) => true, // the guest rebooted
+                _ => false,
+            };
+            if restart {
+                e.changed.notify_all();
+            }
+            restart
+        };
+        if restart {
+            continue;
+        }
+        // A reboot the host did not carry out (stop, poweroff) counts as a host power-off.
+        finish_session(&e, exit.unwrap_or(ExitInfo::Killed), Some(stats));
+        return;
+    }
+}
+
+/// The graceful stop sequence of session `session` (see the module docs).
+fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let pause = SYSRQ_TERM_PAUSE.min(timeout / 2);
+    let steps = [
+        (b'e', Duration::ZERO),
+        (b's', pause),
+        (b'u', pause + pause / 4),
+        (b'o', pause + pause / 2),
+    ];
+    let ended = |s: &VmStatus| s.session != session || !s.running();
+    for (key, at) in steps {
+        let st = lock(&e.st);
+        let st = e.wait_until(
+            st,
+            (start + at).saturating_duration_since(Instant::now()),
+            ended,
+        );
+        if ended(&st) {
+            return;
+        }
+        if let Some(m) = &st.machine {
+            if !(m.sysrq)(key) {
+                eprintln!(
+                    "vmk-host: VM '{}': SysRq '{}' not delivered (console input full)",
+                    e.name, key as char
+                );
+            }
+        }
+    }
+    let st = lock(&e.st);
+    let mut st = e.wait_until(
+        st,
+        deadline.saturating_duration_since(Instant::now()),
+        ended,
+    );
+    if ended(&st) {
+        return;
+    }
+    eprintln!(
+        "vmk-host: VM '{}' did not stop within {:?}; powering it off",
+        e.name, timeout
+    );
+    st.intent = Intent::PowerOff;
+    if let Some(m) = &st.machine {
+        (m.stop)();
+    }
+}
+
+impl HostApi for Host {
+    fn host_info(&self) -> HostInfo {
+        let (vms, running) = {
+            let map = lock(&self.vms);
+            let running = map.values().filter(|e| lock(&e.st).running()).count();
+            (map.len(), running)
+        };
+        HostInfo {
+            hostname: sysinfo::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            cpus: self.limits.cpus,
+            memory: self.limits.memory,
+            vms: vms as u32,
+            vms_running: running as u32,
+            uptime_secs: self.started.elapsed().as_secs(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn list(&self) -> Vec<VmInfo> {
+        lock(&self.vms)
+            .values()
+            .map(|e| e.info(&lock(&e.st)))
+            .collect()
+    }
+
+    fn info(&self, name: &str) -> Result<VmInfo, HostError> {
+        let e = self.entry(name)?;
+        let st = lock(&e.st);
+        Ok(e.info(&st))
+    }
+
+    fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError> {
+        validate_definition(&def, &self.limits)?;
+        let mut vms = lock(&self.vms);
+        if vms.contains_key(&def.name) {
+            return Err(HostError::AlreadyExists(format!(
+                "a VM named '{}' already exists; pick another name or delete it first",
+                def.name
+            )));
+        }
+        let dir = inventory::vm_dir(&self.dir, &def.name)
+            .map_err(|e| HostError::Invalid(e.to_string()))?;
+        if dir.exists() {
+            return Err(HostError::AlreadyExists(format!(
+                "{} exists but holds no loadable VM (see the host log); remove it or pick \
+                 another name",
+                dir.display()
+            )));
+        }
+        inventory::save_definition(&self.dir, &def).map_err(|e| {
+            HostError::Internal(format!(
+                "cannot store VM '{}' in {}: {e}",
+                def.name,
+                dir.display()
+            ))
+        })?;
+        let e = new_entry(def.name.clone(), dir, def, PersistedState::default());
+        let info = e.info(&lock(&e.st));
+        vms.insert(e.name.clone(), e);
+        Ok(info)
+    }
+
+    fn delete(&self, name: &str) -> Result<(), HostError> {
+        let e = self.entry(name)?;
+        self.delete_entry(&e)
+    }
+
+    fn start(&self, name: &str) -> Result<VmInfo, HostError> {
+        let e = self.entry(name)?;
+        self.start_entry(&e)
+    }
+
+    fn stop(&self, name: &str, timeout: Duration) -> Result<VmInfo, HostError> {
+        let e = self.entry(name)?;
+        self.stop_entry(&e, timeout)
+    }
+
+    fn poweroff(&self, name: &str) -> Result<VmInfo, HostError> {
+        let e = self.entry(name)?;
+        self.poweroff_entry(&e)
+    }
+
+    fn reset(&self, name: &str) -> Result<VmInfo, HostError> {
+        let e = self.entry(name)?;
+        self.reset_entry(&e)
+    }
+
+    fn console_attach(&self, name: &str) -> Result<ConsoleAttachment, HostError> {
+        let e = self.entry(name)?;
+        let st = lock(&e.st);
+        if !st.running() {
+            return Err(HostError::Conflict(format!(
+                "VM '{}' is not running (it is {}); start it to attach its console, or read \
+                 its console log",
+                e.name,
+                state_name(st.state)
+            )));
+        }
+        // Under `st`, so the run cannot end between the check and the registration (the
+        // runner changes the state, then sends Ended to every registered console).
+        let (history, events) = e.console.attach();
+        drop(st);
+        let weak: Weak<VmEntry> = Arc::downgrade(&e);
+        let input: ConsoleInput = Box::new(move |bytes: &[u8]| {
+            let Some(e) = weak.upgrade() else { return };
+            let machine = lock(&e.st).machine.clone();
+            if let Some(m) = machine {
+                // Bounded wait for the guest to read: the API thread never blocks forever.
+                m.uart.push_input_timeout(bytes, INPUT_WAIT);
+            }
+        });
+        Ok(ConsoleAttachment {
+            history,
+            events,
+            input,
+        })
+    }
+
+    fn console_log(&self, name: &str, max: usize) -> Result<Vec<u8>, HostError> {
+        let e = self.entry(name)?;
+        let max = max.min(2 * LOG_LIMIT as usize);
+        e.console.log_tail(max).map_err(|err| {
+            HostError::Internal(format!(
+                "cannot read the console log of VM '{}' ({}): {err}",
+                e.name,
+                e.console.log_path().display()
+            ))
+        })
+    }
+
+    fn vm_metrics(&self, name: &str) -> Result<VmMetrics, HostError> {
+        let e = self.entry(name)?;
+        Ok(self.metrics_of(&e))
+    }
+
+    fn metrics(&self) -> HostMetrics {
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        HostMetrics {
+            host: self.host_info(),
+            rss: sysinfo::rss(),
+            cpu_time_ns: sysinfo::process_cpu_time_ns(),
+            vms: entries.iter().map(|e| self.metrics_of(e)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;

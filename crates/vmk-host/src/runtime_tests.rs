@@ -1,0 +1,443 @@
+//! Lifecycle, inventory and console tests of the host with tiny bare-metal guests
+//! (see `testutil`); the Debian guest tests are in tests/runtime.rs.
+
+use super::*;
+use crate::testutil::{def, kernel};
+use std::sync::Barrier;
+
+fn host(dir: &Path) -> Arc<Host> {
+    Host::open(&HostConfig {
+        dir: dir.to_path_buf(),
+        ..HostConfig::default()
+    })
+    .expect("open host")
+}
+
+/// Waits (up to 20 s) until VM `name` is in state `want`.
+fn wait_state(h: &Host, name: &str, want: VmState) -> VmInfo {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let i = h.info(name).expect("info");
+        if i.state == want {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "VM {name} never {want:?}: {i:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn conflict(r: Result<impl std::fmt::Debug, HostError>, words: &[&str]) {
+    match r {
+        Err(HostError::Conflict(m)) => {
+            for w in words {
+                assert!(m.contains(w), "'{m}' lacks '{w}'");
+            }
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn exit_status_from_console_or_power_off_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k1 = kernel(tmp.path(), "status", |a| {
+        a.print("hello\nvmk-guest: exit-status 7\n").poweroff(0);
+    });
+    let k2 = kernel(tmp.path(), "code", |a| {
+        a.print("no marker\n").poweroff(3);
+    });
+    let h = host(&tmp.path().join("host"));
+    h.create(def("a", &k1)).unwrap();
+    h.create(def("b", &k2)).unwrap();
+    let i = h.start("a").unwrap();
+    assert!(
+        matches!(i.state, VmState::Running | VmState::Stopped),
+        "{i:?}"
+    );
+    h.start("b").unwrap();
+    let a = wait_state(&h, "a", VmState::Stopped);
+    let b = wait_state(&h, "b", VmState::Stopped);
+    assert_eq!(a.last_exit, Some(ExitInfo::PoweredOff { status: 7 }));
+    assert_eq!(b.last_exit, Some(ExitInfo::PoweredOff { status: 3 }));
+    assert_eq!((a.boots, b.boots), (1, 1));
+    assert!(a.started_at.is_some() && a.ended_at >= a.started_at);
+    // The console went to the log.
+    let log = h.console_log("a", 1000).unwrap();
+    assert_eq!(log, b"hello\nvmk-guest: exit-status 7\n");
+    assert_eq!(h.console_log("a", 6).unwrap(), b"tus 7\n");
+    // Metrics of an ended run are its final counters.
+    let m = h.vm_metrics("a").unwrap();
+    assert_eq!(m.vcpus.len(), 1);
+    assert!(m.vcpus[0].instret > 20, "{m:?}");
+    assert_eq!(m.memory_configured, 16 << 20);
+}
+
+#[test]
+fn state_machine_refuses_what_makes_no_sense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.print("up\n").idle();
+    });
+    let h = host(&tmp.path().join("host"));
+    h.create(def("web1", &k)).unwrap();
+    conflict(
+        h.stop("web1", Duration::from_secs(1)),
+        &["not running", "stopped"],
+    );
+    conflict(h.poweroff("web1"), &["not running"]);
+    conflict(h.reset("web1"), &["not running"]);
+    conflict(h.console_attach("web1").map(|_| ()), &["not running"]);
+    assert_eq!(h.start("web1").unwrap().state, VmState::Running);
+    assert_eq!(h.host_info().vms_running, 1);
+    conflict(
+        h.start("web1"),
+        &["VM 'web1' is running; stop or power it off first"],
+    );
+    conflict(h.delete("web1"), &["running", "stop or power it off"]);
+    // Reset: a new run, still running.
+    let i = h.reset("web1").unwrap();
+    assert_eq!((i.state, i.boots), (VmState::Running, 2));
+    // A stop of a guest that ignores SysRq (bare metal) powers off at the timeout.
+    let t0 = Instant::now();
+    let i = h.stop("web1", Duration::from_millis(400)).unwrap();
+    assert_eq!(i.state, VmState::Stopping);
+    conflict(
+        h.stop("web1", Duration::from_secs(1)),
+        &["already stopping"],
+    );
+    conflict(h.start("web1"), &["stopping"]);
+    conflict(h.delete("web1"), &["stopping"]);
+    let i = wait_state(&h, "web1", VmState::Stopped);
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+    assert_eq!(i.last_exit, Some(ExitInfo::Killed));
+    // Poweroff waits for the end.
+    h.start("web1").unwrap();
+    let i = h.poweroff("web1").unwrap();
+    assert_eq!(
+        (i.state, i.last_exit),
+        (VmState::Stopped, Some(ExitInfo::Killed))
+    );
+    assert_eq!(i.boots, 3);
+    // Delete removes the directory; the name is free again.
+    let dir = tmp.path().join("host/vms/web1");
+    assert!(dir.join("vm.toml").exists());
+    h.delete("web1").unwrap();
+    assert!(!dir.exists());
+    assert!(matches!(h.info("web1"), Err(HostError::NotFound(_))));
+    assert!(matches!(h.delete("web1"), Err(HostError::NotFound(_))));
+    assert!(matches!(h.start("../etc"), Err(HostError::Invalid(_))));
+    h.create(def("web1", &k)).unwrap();
+    assert!(matches!(
+        h.create(def("web1", &k)),
+        Err(HostError::AlreadyExists(_))
+    ));
+    assert_eq!(h.info("web1").unwrap().boots, 0);
+}
+
+#[test]
+fn concurrent_starts_one_wins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.idle();
+    });
+    let h = host(&tmp.path().join("host"));
+    h.create(def("race", &k)).unwrap();
+    for round in 0..3 {
+        let barrier = Arc::new(Barrier::new(4));
+        let results: Vec<_> = (0..4)
+            .map(|_| {
+                let (h, b) = (h.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    h.start("race")
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {results:?}");
+        for r in &results {
+            if let Err(e) = r {
+                assert!(matches!(e, HostError::Conflict(_)), "{e}");
+            }
+        }
+        // Concurrent poweroff + delete: the delete is refused or comes after the poweroff.
+        let (h1, h2) = (h.clone(), h.clone());
+        let p = std::thread::spawn(move || h1.poweroff("race"));
+        let d = std::thread::spawn(move || h2.delete("race"));
+        let (p, d) = (p.join().unwrap(), d.join().unwrap());
+        assert!(p.is_ok(), "{p:?}");
+        match d {
+            Err(HostError::Conflict(_)) => {}
+            Ok(()) => {
+                h.create(def("race", &k)).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.info("race").unwrap().state, VmState::Stopped);
+    }
+}
+
+#[test]
+fn guest_reboot_restarts_and_counts_boots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "reboot", |a| {
+        a.print("boot\n").reboot();
+    });
+    let h = host(&tmp.path().join("host"));
+    h.create(def("loop", &k)).unwrap();
+    h.start("loop").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.info("loop").unwrap().boots < 5 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.info("loop").unwrap().state, VmState::Running);
+    let i = h.poweroff("loop").unwrap();
+    assert_eq!(i.state, VmState::Stopped);
+    assert_eq!(i.last_exit, Some(ExitInfo::Killed));
+    let log = String::from_utf8(h.console_log("loop", 1 << 20).unwrap()).unwrap();
+    // The last boot may have been stopped before it printed.
+    assert!(log.matches("boot\n").count() >= 4, "{log}");
+}
+
+#[test]
+fn a_crash_marks_only_that_vm_crashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = kernel(tmp.path(), "bad", |a| {
+        a.print("about to BOOM\n").idle();
+    });
+    let good = kernel(tmp.path(), "good", |a| {
+        a.idle();
+    });
+    let h = host(&tmp.path().join("host"));
+    let mut d = def("bad", &bad);
+    d.test_fault_on_console = Some("BOOM".into());
+    h.create(d).unwrap();
+    h.create(def("good", &good)).unwrap();
+    h.start("good").unwrap();
+    if !cfg!(debug_assertions) {
+        // Release builds refuse the hook when the machine is built.
+        assert!(matches!(h.start("bad"), Err(HostError::Invalid(_))));
+        return;
+    }
+    h.start("bad").unwrap();
+    let i = wait_state(&h, "bad", VmState::Crashed);
+    match &i.last_exit {
+        Some(ExitInfo::Crashed { reason }) => {
+            assert!(reason.contains("panicked"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.info("good").unwrap().state, VmState::Running);
+    // A crashed VM can be deleted or started again.
+    conflict(h.poweroff("bad"), &["not running", "crashed"]);
+    h.delete("bad").unwrap();
+    h.poweroff("good").unwrap();
+}
+
+#[test]
+fn a_machine_that_cannot_be_built_is_marked_crashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "gone", |a| {
+        a.idle();
+    });
+    let h = host(&tmp.path().join("host"));
+    h.create(def("gone", &k)).unwrap();
+    std::fs::write(&k, b"not a kernel").unwrap();
+    match h.start("gone") {
+        Err(HostError::Invalid(m)) => assert!(
+            m.contains("cannot start") && m.contains("gone.Image"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let i = h.info("gone").unwrap();
+    assert_eq!(i.state, VmState::Crashed);
+    assert_eq!(i.boots, 0);
+    assert!(
+        matches!(&i.last_exit, Some(ExitInfo::Crashed { reason }) if reason.contains("gone.Image")),
+        "{i:?}"
+    );
+}
+
+#[test]
+fn console_attach_sees_output_sends_input_and_the_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "echo", |a| {
+        a.print("ready> ").echo();
+    });
+    let h = host(&tmp.path().join("host"));
+    h.create(def("echo", &k)).unwrap();
+    h.start("echo").unwrap();
+    // Wait for the prompt to reach the tail, then attach: it is in the history.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.console_log("echo", 100).unwrap() != b"ready> " {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let c = h.console_attach("echo").unwrap();
+    assert_eq!(c.history, b"ready> ");
+    (c.input)(b"ping");
+    let mut got = Vec::new();
+    while got != b"ping" {
+        match c.events.recv_timeout(Duration::from_secs(10)) {
+            Ok(ConsoleEvent::Output(b)) => got.extend(b),
+            other => panic!("{other:?} after {got:?}"),
+        }
+    }
+    h.poweroff("echo").unwrap();
+    assert_eq!(
+        c.events.recv_timeout(Duration::from_secs(10)),
+        Ok(ConsoleEvent::Ended(ExitInfo::Killed))
+    );
+    // Input after the end goes nowhere, quietly.
+    (c.input)(b"late");
+}
+
+#[test]
+fn inventory_persists_across_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let done = kernel(tmp.path(), "done", |a| {
+        a.print("vmk-guest: exit-status 4\n").poweroff(0);
+    });
+    let idle = kernel(tmp.path(), "idle", |a| {
+        a.idle();
+    });
+    {
+        let h = host(&dir);
+        h.create(def("done", &done)).unwrap();
+        h.create(def("idle", &idle)).unwrap();
+        let mut auto = def("auto", &idle);
+        auto.autostart = true;
+        auto.memory = ByteSize(32 << 20);
+        h.create(auto).unwrap();
+        assert_eq!(h.list().len(), 3);
+        h.start("done").unwrap();
+        wait_state(&h, "done", VmState::Stopped);
+        h.start("idle").unwrap();
+        // A second host on the same directory is refused while this one lives.
+        match Host::open(&HostConfig {
+            dir: dir.clone(),
+            ..HostConfig::default()
+        }) {
+            Err(HostError::Conflict(m)) => assert!(m.contains("in use"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        h.shutdown(Duration::from_millis(300));
+        assert_eq!(h.info("idle").unwrap().state, VmState::Stopped);
+        // Dropped here: the directory lock is released.
+    }
+    let meta = std::fs::metadata(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let h = host(&dir);
+    let names: Vec<String> = h.list().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["auto", "done", "idle"]);
+    let d = h.info("done").unwrap();
+    assert_eq!(d.state, VmState::Stopped);
+    assert_eq!(d.last_exit, Some(ExitInfo::PoweredOff { status: 4 }));
+    assert_eq!(d.boots, 1);
+    assert_eq!(d.definition, def("done", &done));
+    let i = h.info("idle").unwrap();
+    assert_eq!(
+        (i.state, i.last_exit),
+        (VmState::Stopped, Some(ExitInfo::Killed))
+    );
+    // Autostart: started by the second host.
+    let a = h.info("auto").unwrap();
+    assert_eq!((a.state, a.boots), (VmState::Running, 1));
+    assert_eq!(a.definition.memory, ByteSize(32 << 20));
+    h.shutdown(Duration::from_millis(100));
+}
+
+#[test]
+fn corrupt_definitions_are_skipped_with_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let k = kernel(tmp.path(), "k", |a| {
+        a.idle();
+    });
+    {
+        let h = host(&dir);
+        h.create(def("good", &k)).unwrap();
+        h.create(def("broken", &k)).unwrap();
+        h.create(def("renamed", &k)).unwrap();
+    }
+    std::fs::write(
+        dir.join("vms/broken/vm.toml"),
+        "name = \"broken\"\ncpus = \"many\"\n",
+    )
+    .unwrap();
+    let renamed = dir.join("vms/renamed/vm.toml");
+    let text = std::fs::read_to_string(&renamed).unwrap();
+    std::fs::write(&renamed, text.replace("\"renamed\"", "\"other\"")).unwrap();
+    std::fs::create_dir_all(dir.join("vms/bad name")).unwrap();
+    std::fs::write(dir.join("vms/good/state.toml"), "garbage = [").unwrap();
+    let h = host(&dir);
+    let names: Vec<String> = h.list().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["good"]);
+    assert_eq!(
+        h.info("good").unwrap().boots,
+        0,
+        "corrupt state = fresh state"
+    );
+    let errs = h.inventory_errors();
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    let broken = errs
+        .iter()
+        .find(|e| e.path.ends_with("broken/vm.toml"))
+        .expect("broken reported");
+    assert!(
+        broken.message.contains("broken/vm.toml"),
+        "{}",
+        broken.message
+    );
+    assert!(broken.message.contains("cpus"), "{}", broken.message);
+    assert!(errs.iter().any(|e| e
+        .message
+        .contains("'other' is not its directory's name 'renamed'")));
+    assert!(errs.iter().any(|e| e.path.ends_with("bad name")));
+    // The name of an unloadable VM is not silently reused.
+    assert!(matches!(
+        h.create(def("broken", &k)),
+        Err(HostError::AlreadyExists(m)) if m.contains("holds no loadable VM")
+    ));
+}
+
+#[test]
+fn host_info_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.print("x").idle();
+    });
+    let dir = tmp.path().join("host");
+    let h = host(&dir);
+    h.create(def("m", &k)).unwrap();
+    let hi = h.host_info();
+    assert_eq!(hi.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!((hi.vms, hi.vms_running), (1, 0));
+    assert!(hi.cpus >= 1 && hi.memory > 0);
+    assert_eq!(hi.dir, dir);
+    h.start("m").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = h.vm_metrics("m").unwrap();
+        if m.vcpus[0].instret > 0 && m.memory_touched > 0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(m.state, VmState::Running);
+    assert_eq!(m.memory_configured, 16 << 20);
+    assert!(m.nics.is_empty() && m.disks.is_empty());
+    let all = h.metrics();
+    assert_eq!(all.vms.len(), 1);
+    assert!(all.rss > 0 && all.cpu_time_ns > 0);
+    assert_eq!(all.host.vms_running, 1);
+    h.poweroff("m").unwrap();
+}
