@@ -39,7 +39,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use vmk_devices::UartInput;
-use vmk_machine::{Vm, VmOutcome};
+use vmk_machine::{Vm, VmController, VmOutcome, VmStats};
 
 use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
 use crate::inventory::{self, InventoryError, PersistedState};
@@ -60,58 +60,17 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The host's lock file in its directory (one host per directory).
 const LOCK_FILE: &str = "host.lock";
 
-/// Counters of a machine, as the host reports them (from `VmController::stats`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct RunStats {
-    vcpus: Vec<VcpuMetrics>,
-    memory_touched: u64,
-    /// (read_ops, read_bytes, write_ops, write_bytes, flush_ops, errors) per disk.
-    disks: Vec<[u64; 6]>,
-}
-
-/// The host's handles on one machine. vmk-machine does not export the `VmController` type,
-/// so its methods are kept as closures (they hold no VM resources: weak references).
+/// The host's handles on one machine: its controller (no VM resources: weak) and its
+/// console input.
 struct MachineCtl {
-    stop: Box<dyn Fn() + Send + Sync>,
-    sysrq: Box<dyn Fn(u8) -> bool + Send + Sync>,
-    stats: Box<dyn Fn() -> RunStats + Send + Sync>,
+    ctl: VmController,
     uart: UartInput,
 }
 
 impl MachineCtl {
     fn new(vm: &Vm) -> MachineCtl {
-        let (c1, c2, c3) = (vm.controller(), vm.controller(), vm.controller());
         MachineCtl {
-            stop: Box::new(move || c1.stop()),
-            sysrq: Box::new(move |k| c2.send_sysrq(k)),
-            stats: Box::new(move || {
-                let s = c3.stats();
-                RunStats {
-                    vcpus: s
-                        .vcpus
-                        .iter()
-                        .map(|v| VcpuMetrics {
-                            cpu_time_ns: v.cpu_time_ns,
-                            instret: v.instret,
-                        })
-                        .collect(),
-                    memory_touched: s.memory_touched,
-                    disks: s
-                        .disks
-                        .iter()
-                        .map(|d| {
-                            [
-                                d.read_ops,
-                                d.read_bytes,
-                                d.write_ops,
-                                d.write_bytes,
-                                d.flush_ops,
-                                d.errors,
-                            ]
-                        })
-                        .collect(),
-                }
-            }),
+            ctl: vm.controller(),
             uart: vm.uart(),
         }
     }
@@ -137,7 +96,7 @@ struct VmStatus {
     session: u64,
     intent: Intent,
     /// Counters of the last machine, kept after it ended.
-    last_stats: Option<RunStats>,
+    last_stats: Option<VmStats>,
     deleted: bool,
 }
 
@@ -486,7 +445,7 @@ impl Host {
             let mut st = lock(&e.st);
             st.intent = Intent::PowerOff;
             if let Some(m) = &st.machine {
-                (m.stop)();
+                m.ctl.stop();
             }
             drop(st);
         }
@@ -502,7 +461,7 @@ impl Host {
         st.intent = Intent::PowerOff;
         // Between the runs of a reboot there is no machine: the runner sees the intent.
         if let Some(m) = &st.machine {
-            (m.stop)();
+            m.ctl.stop();
         }
         let st = e.wait_until(st, END_WAIT, |s| !s.running());
         Ok(e.info(&st))
@@ -524,7 +483,7 @@ impl Host {
         st.intent = Intent::Reset;
         let boots = st.saved.boots;
         if let Some(m) = &st.machine {
-            (m.stop)();
+            m.ctl.stop();
         }
         let st = e.wait_until(st, END_WAIT, |s| s.saved.boots != boots || !s.running());
         Ok(e.info(&st))
@@ -579,14 +538,21 @@ impl Host {
     fn metrics_of(&self, e: &VmEntry) -> VmMetrics {
         let st = lock(&e.st);
         let stats = match &st.machine {
-            Some(m) => Some((m.stats)()),
+            Some(m) => Some(m.ctl.stats()),
             None => st.last_stats.clone(),
         }
         .unwrap_or_default();
         VmMetrics {
             name: e.name.clone(),
             state: st.state,
-            vcpus: stats.vcpus,
+            vcpus: stats
+                .vcpus
+                .iter()
+                .map(|v| VcpuMetrics {
+                    cpu_time_ns: v.cpu_time_ns,
+                    instret: v.instret,
+                })
+                .collect(),
             memory_configured: st.def.memory.0,
             memory_touched: stats.memory_touched,
             disks: st
@@ -598,12 +564,12 @@ impl Host {
                     let c = stats.disks.get(i).copied().unwrap_or_default();
                     DiskMetrics {
                         path: d.path.clone(),
-                        read_ops: c[0],
-                        read_bytes: c[1],
-                        write_ops: c[2],
-                        write_bytes: c[3],
-                        flush_ops: c[4],
-                        errors: c[5],
+                        read_ops: c.read_ops,
+                        read_bytes: c.read_bytes,
+                        write_ops: c.write_ops,
+                        write_bytes: c.write_bytes,
+                        flush_ops: c.flush_ops,
+                        errors: c.errors,
                     }
                 })
                 .collect(),
@@ -621,7 +587,7 @@ impl Drop for Host {
             if st.running() {
                 st.intent = Intent::PowerOff;
                 if let Some(m) = &st.machine {
-                    (m.stop)();
+                    m.ctl.stop();
                 }
             }
         }
@@ -688,7 +654,7 @@ fn build(def: &VmDefinition, pump: &Pump) -> Result<Vm, BuildFailure> {
 }
 
 /// Ends a power-on session: final state, history saved, consoles told.
-fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<RunStats>) {
+fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
     let mut st = lock(&e.st);
     st.state = match exit {
         ExitInfo::Crashed { .. } => VmState::Crashed,
@@ -760,7 +726,7 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
             st.saved.started_at = Some(sysinfo::unix_now());
             match st.intent {
                 // A poweroff that came between the runs of a reboot.
-                Intent::PowerOff => (ctl.stop)(),
+                Intent::PowerOff => ctl.ctl.stop(),
                 // This run is the reset.
                 Intent::Reset => st.intent = Intent::None,
                 Intent::None | Intent::Stop => {}
@@ -780,7 +746,7 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
             });
         // Everything the guest printed is delivered (and its status seen) before the end.
         let status = pump.finish();
-        let stats = (ctl.stats)();
+        let stats = ctl.ctl.stats();
         let exit = machine::exit_info(&outcome, status);
         let restart = {
             let mut st = lock(&e.st);
@@ -829,7 +795,7 @@ fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
             return;
         }
         if let Some(m) = &st.machine {
-            if !(m.sysrq)(key) {
+            if !m.ctl.send_sysrq(key) {
                 eprintln!(
                     "vmk-host: VM '{}': SysRq '{}' not delivered (console input full)",
                     e.name, key as char
@@ -852,7 +818,7 @@ fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
     );
     st.intent = Intent::PowerOff;
     if let Some(m) = &st.machine {
-        (m.stop)();
+        m.ctl.stop();
     }
 }
 
