@@ -557,10 +557,11 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     })
 }
 
-/// Parses JSON with serde's precise message and the path of the offending field.
+/// Parses JSON with serde's precise message and the path of the offending field. Anything
+/// after the value (a second value, garbage) is refused too.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         ApiErr::bad_request(if path == "." {
@@ -568,7 +569,10 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr> {
         } else {
             format!("invalid JSON body: {path}: {inner}")
         })
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
+    Ok(value)
 }
 
 fn unsupported_media_type() -> ApiErr {
