@@ -227,11 +227,16 @@ fn console_upgrade_carries_bytes_both_ways() {
     out.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"bye\n");
 
-    // Detaching leaves the VM alone.
+    // Detaching leaves the VM alone, and what was typed just before still arrives (even
+    // when the server notices the client has gone while writing to it).
     c.start("web1").unwrap();
-    let (_out, keys) = c.console("web1").unwrap().split().unwrap();
-    keys.close().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    for round in 0..20u8 {
+        let (_out, mut keys) = c.console("web1").unwrap().split().unwrap();
+        keys.write_all(&[round]).unwrap();
+        keys.close().unwrap();
+        env.host.guest_output("web1", b"more output").unwrap();
+        wait_for(|| env.host.guest_input("web1").unwrap().ends_with(&[round]));
+    }
     assert_eq!(c.info("web1").unwrap().state, VmState::Running);
 }
 

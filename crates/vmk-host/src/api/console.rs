@@ -125,10 +125,24 @@ where
             let _ = tokio::task::spawn_blocking(move || input(&bytes)).await;
         }
     };
+    let stop = async move {
+        // (The guard `wait_for` returns is not Send: drop it here.)
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    tokio::pin!(output, keys, stop);
     tokio::select! {
-        _ = output => {}
-        _ = keys => {}
-        _ = shutdown.wait_for(|s| *s) => {}
+        r = &mut output => {
+            // The client stopped reading (it detached): still take what it typed before
+            // it went, up to its end of file.
+            if r.is_err() {
+                tokio::select! {
+                    _ = &mut keys => {}
+                    _ = &mut stop => {}
+                }
+            }
+        }
+        _ = &mut keys => {}
+        _ = &mut stop => {}
     }
     // Dropping `rx` here makes the pump thread exit at its next poll.
 }
