@@ -16,7 +16,7 @@
 mod console;
 pub mod prometheus;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -54,6 +54,9 @@ pub const TOKEN_MIN_LEN: usize = 16;
 /// After the shutdown signal, how long requests in flight may take before they are dropped
 /// (a stuck or slow client must not keep the host from exiting).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A connection must send a request head within this time (also closes idle keep-alive
+/// connections), so idle or slow-loris clients cannot pile up connections.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the API could not be served. Messages name the file or address and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -174,49 +177,73 @@ impl Server {
             host,
             shutdown: stop_rx.clone(),
         };
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            // An error means the sender is gone, which also means: stop.
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let unix = tokio::net::UnixListener::from_std(unix)
             .map_err(io_err("cannot register the API socket with tokio"))?;
-        let unix_server = axum::serve(unix, router(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future();
+        let unix_server = serve_listener(unix, router(state.clone()), stop_rx.clone());
         let tcp_server = match tcp {
             None => None,
             Some((listener, token)) => {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .map_err(io_err("cannot register the TCP listener with tokio"))?;
                 let app = router(state).layer(middleware::from_fn_with_state(token, require_token));
-                Some(
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(stopped(stop_rx))
-                        .into_future(),
-                )
+                Some(serve_listener(listener, app, stop_rx))
             }
         };
         let servers = async move {
             let tcp = async move {
-                match tcp_server {
-                    Some(s) => s.await,
-                    None => Ok(()),
+                if let Some(s) = tcp_server {
+                    s.await
                 }
             };
-            tokio::try_join!(unix_server, tcp).map(|_| ())
+            tokio::join!(unix_server, tcp);
         };
         tokio::pin!(servers);
-        let result = tokio::select! {
-            r = &mut servers => r,
+        tokio::select! {
+            () = &mut servers => {}
             () = shutdown => {
                 let _ = stop_tx.send(true);
                 // Past the grace period the remaining connections are dropped with the future.
-                tokio::time::timeout(SHUTDOWN_GRACE, servers).await.unwrap_or(Ok(()))
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, servers).await;
             }
         };
         drop(socket);
-        result.map_err(io_err("the API server failed"))
+        Ok(())
     }
+}
+
+/// Accepts connections until `stop` turns true, then waits for the open ones to finish
+/// their requests (consoles included). HTTP/1.1 with upgrades, like `axum::serve`, plus a
+/// timeout for request heads ([`HEADER_TIMEOUT`]).
+async fn serve_listener<L>(mut listener: L, app: Router, mut stop: watch::Receiver<bool>)
+where
+    L: axum::serve::Listener,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            // (Accept errors such as EMFILE are retried inside `accept`.)
+            conn = listener.accept() => Some(conn.0),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(io) = accepted else { break };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .http1_only();
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        let conn = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // A connection error (client gone, malformed request) concerns that client only.
+            let _ = conn.await;
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// The socket file this server created; removed on drop unless another server has replaced

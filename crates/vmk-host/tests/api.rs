@@ -335,3 +335,21 @@ fn client_reports_the_missing_host() {
     assert!(matches!(e, ClientError::Connect { .. }), "{e}");
     assert!(e.to_string().contains("none.sock"), "{e}");
 }
+
+/// Neither a half-sent request nor an attached console keeps the server from stopping.
+#[test]
+fn shutdown_is_not_held_up_by_clients() {
+    let env = start();
+    env.client.create(&def("web1")).unwrap();
+    env.client.start("web1").unwrap();
+    let (mut out, _keys) = env.client.console("web1").unwrap().split().unwrap();
+    let mut slow = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
+    slow.write_all(b"GET /v1/host HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t = Instant::now();
+    env.server.stop().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(7), "{:?}", t.elapsed());
+    // The console was closed by the server.
+    let mut rest = Vec::new();
+    out.read_to_end(&mut rest).unwrap();
+}
