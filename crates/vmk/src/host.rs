@@ -39,7 +39,9 @@ pub struct ConnArgs {
     #[arg(long, value_name = "PATH", env = "VMK_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
     /// The host's TCP API, http://HOST:PORT, instead of the socket (needs --token-file).
-    #[arg(long, value_name = "URL", global = true, conflicts_with = "socket")]
+    /// Takes precedence over --socket, so that a VMK_SOCKET in the environment does not
+    /// get in the way.
+    #[arg(long, value_name = "URL", global = true)]
     pub url: Option<String>,
     /// A file holding the TCP API's bearer token.
     #[arg(long, value_name = "FILE", global = true)]
@@ -166,6 +168,9 @@ mod tests {
 
     #[test]
     fn connection_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef\n").unwrap();
         let c = ConnArgs {
             socket: None,
             url: None,
@@ -184,6 +189,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--token-file"));
+        // --url wins over a socket (from VMK_SOCKET, say).
+        let both = ConnArgs {
+            socket: Some("/s.sock".into()),
+            url: Some("http://127.0.0.1:7480".into()),
+            token_file: Some(token.clone()),
+        };
+        assert!(matches!(
+            both.client().unwrap().endpoint(),
+            vmk_host::client::Endpoint::Tcp { .. }
+        ));
         let token_only = ConnArgs {
             token_file: Some("/t".into()),
             ..c

@@ -180,7 +180,6 @@ mod tests {
         assert_eq!(conn.url.as_deref(), Some("http://10.0.0.1:7480"));
         for bad in [
             &["vmk", "vm", "start"][..],
-            &["vmk", "vm", "list", "--socket", "/s", "--url", "http://h:1"],
             &["vmk", "vm", "stop", "web1", "--timeout", "soon"],
             &["vmk", "vm", "explode", "web1"],
         ] {
