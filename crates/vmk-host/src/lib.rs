@@ -8,10 +8,16 @@
 //! - [`validate`], [`inventory`]: checks of definitions, and the inventory on disk.
 //! - [`runtime`]: the real host behind `HostApi` (inventory on disk, VM threads,
 //!   consoles, metrics).
-//! - `api` (to come): the REST API (JSON over a Unix socket, optionally TCP + bearer token),
-//!   a thin translation of HTTP to `HostApi` calls.
+//! - [`api`]: the REST API (JSON over a Unix socket, optionally TCP + bearer token),
+//!   a thin translation of HTTP to `HostApi` calls; [`client`] is its blocking client
+//!   (what the `vmk` CLI uses).
+//! - `fake` (feature `fake`, tests only): an in-memory `HostApi` and an in-process server.
 
+pub mod api;
+pub mod client;
 pub mod console;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod inventory;
 pub mod machine;
 pub mod model;

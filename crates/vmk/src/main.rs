@@ -5,8 +5,12 @@
 //! `host`, `vm`, ... as further variants of [`Command`].
 
 mod disk;
+mod host;
 mod image;
 mod run;
+mod term;
+mod top;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -38,6 +42,11 @@ enum Command {
     ///
     /// Exits with the guest's exit status (the image's init script) when it powers off.
     Run(run::RunArgs),
+    /// Run the host (every VM of the machine, its inventory and API), or ask it about itself.
+    #[command(subcommand)]
+    Host(host::HostCommand),
+    /// The host's VMs: create, list, info, start, stop, poweroff, reset, delete, console, top.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +55,8 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd).map(|()| 0),
+        Command::Host(cmd) => host::run(cmd).map(|()| 0),
+        Command::Vm(args) => vm::run(args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -93,5 +104,103 @@ mod tests {
             Cli::try_parse_from(["vmk", "image", "build"]).is_err(),
             "--out is required"
         );
+    }
+
+    #[test]
+    fn host_and_vm_parse() {
+        let cli = Cli::try_parse_from(["vmk", "host", "start", "--config", "/etc/vmk/host.toml"])
+            .unwrap();
+        let Command::Host(host::HostCommand::Start { config }) = cli.command else {
+            panic!("not host start");
+        };
+        assert_eq!(config, Some(std::path::PathBuf::from("/etc/vmk/host.toml")));
+        assert!(Cli::try_parse_from(["vmk", "host", "start", "--socket", "/s"]).is_err());
+
+        // Connection options go before or after the VM subcommand.
+        for args in [
+            &[
+                "vmk",
+                "vm",
+                "--socket",
+                "/tmp/s.sock",
+                "stop",
+                "web1",
+                "--timeout",
+                "5",
+            ][..],
+            &[
+                "vmk",
+                "vm",
+                "stop",
+                "web1",
+                "--timeout",
+                "5",
+                "--socket",
+                "/tmp/s.sock",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Vm(vm::VmArgs { conn, cmd }) = cli.command else {
+                panic!("not a vm command");
+            };
+            assert_eq!(conn.socket, Some(std::path::PathBuf::from("/tmp/s.sock")));
+            let vm::VmCommand::Stop {
+                name,
+                timeout,
+                no_wait,
+            } = cmd
+            else {
+                panic!("not vm stop");
+            };
+            assert_eq!((name.as_str(), timeout, no_wait), ("web1", Some(5), false));
+        }
+        let cli = Cli::try_parse_from([
+            "vmk",
+            "vm",
+            "top",
+            "-n",
+            "3",
+            "-d",
+            "0.5",
+            "--url",
+            "http://10.0.0.1:7480",
+            "--token-file",
+            "/t",
+        ])
+        .unwrap();
+        let Command::Vm(vm::VmArgs {
+            conn,
+            cmd: vm::VmCommand::Top(top),
+        }) = cli.command
+        else {
+            panic!("not vm top");
+        };
+        assert_eq!(top.iterations, Some(3));
+        assert_eq!(top.delay, std::time::Duration::from_millis(500));
+        assert_eq!(conn.url.as_deref(), Some("http://10.0.0.1:7480"));
+        for bad in [
+            &["vmk", "vm", "start"][..],
+            &["vmk", "vm", "stop", "web1", "--timeout", "soon"],
+            &["vmk", "vm", "explode", "web1"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The systemd unit's command line is one this CLI accepts.
+    #[test]
+    fn systemd_unit_runs_host_start() {
+        let unit = include_str!("../../../dist/vmk.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart in dist/vmk.service");
+        let args: Vec<&str> = exec.split_whitespace().collect();
+        assert!(args[0].ends_with("/vmk"), "{exec}");
+        let cli = Cli::try_parse_from(&args).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Host(host::HostCommand::Start { .. })
+        ));
     }
 }

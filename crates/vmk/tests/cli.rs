@@ -104,3 +104,38 @@ fn bad_package_name_is_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn vm_commands_explain_a_missing_host() {
+    let t = tempfile::tempdir().unwrap();
+    let sock = t.path().join("none.sock");
+    let (code, _, err) = vmk(&["vm", "list", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("vmk: error: cannot connect to the vmk host at"),
+        "{err}"
+    );
+    assert!(
+        err.contains("none.sock") && err.contains("vmk host start"),
+        "{err}"
+    );
+    let (code, _, err) = vmk(&["vm", "info", "../etc", "--socket", sock.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("VM name '../etc'"), "{err}");
+    let (code, _, err) = vmk(&["host", "info", "--url", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--url needs --token-file"), "{err}");
+}
+
+#[test]
+fn host_start_checks_its_config() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("host.toml");
+    std::fs::write(&cfg, "socket = 5\n").unwrap();
+    let (code, _, err) = vmk(&["host", "start", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("host config") && err.contains("socket"),
+        "{err}"
+    );
+}

@@ -1,0 +1,391 @@
+//! Malformed and hostile requests: each gets a clean 4xx JSON answer with a precise
+//! message, nothing odd reaches the host, and the server stays healthy afterwards.
+
+mod api_support;
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::sync::{Arc, Barrier};
+
+use api_support::*;
+use vmk_host::client::{Client, Response};
+use vmk_host::model::VmState;
+
+const JSON: &str = "application/json";
+
+fn post(c: &Client, path: &str, ct: &str, body: &[u8]) -> Response {
+    c.send("POST", path, Some((ct, body))).unwrap()
+}
+
+/// Asserts a JSON error with `status` whose message contains `needle`.
+fn expect(resp: &Response, status: u16, needle: &str, what: &str) {
+    assert_eq!(
+        resp.status,
+        status,
+        "{what}: {} {}",
+        resp.status,
+        resp.error_message()
+    );
+    assert_eq!(resp.header("content-type"), Some(JSON), "{what}");
+    let v: serde_json::Value = serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|e| panic!("{what}: body is not JSON ({e})"));
+    let msg = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no error"));
+    assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
+}
+
+fn healthy(c: &Client) {
+    let resp = c.send("GET", "/v1/host", None).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.error_message());
+}
+
+#[test]
+fn bad_json_bodies() {
+    let env = start();
+    let c = &env.client;
+    let cases: &[(&str, &str)] = &[
+        (r#"{"name": "#, "EOF while parsing"),
+        ("not json", "expected ident"),
+        (
+            "[1, 2]",
+            "[0]: invalid type: integer `1`, expected a string",
+        ),
+        (
+            r#"{"name": 5, "boot": {}}"#,
+            "name: invalid type: integer `5`, expected a string",
+        ),
+        (
+            r#"{"name": "a", "cpus": "two", "boot": {"image": "/i"}}"#,
+            "cpus: invalid type: string \"two\", expected u32",
+        ),
+        (
+            r#"{"name": "a", "cpus": -1, "boot": {"image": "/i"}}"#,
+            "cpus: invalid value: integer `-1`, expected u32",
+        ),
+        (
+            r#"{"name": "a", "memory": "12Q", "boot": {"image": "/i"}}"#,
+            "unknown size suffix",
+        ),
+        (
+            r#"{"name": "a", "boot": {"image": "/i"}, "colour": "red"}"#,
+            "unknown field `colour`",
+        ),
+        (
+            r#"{"name": "a", "boot": {"image": "/i", "bogus": 1}}"#,
+            "boot.bogus: unknown field `bogus`",
+        ),
+        (r#"{"name": "a"}"#, "missing field `boot`"),
+        (
+            r#"{"name": "a", "boot": {"image": "/i"}} trailing"#,
+            "trailing characters",
+        ),
+    ];
+    for (body, needle) in cases {
+        expect(
+            &post(c, "/v1/vms", JSON, body.as_bytes()),
+            400,
+            needle,
+            body,
+        );
+    }
+    // Stop bodies.
+    c.create(&def("web1")).unwrap();
+    c.start("web1").unwrap();
+    for (body, needle) in [
+        (r#"{"timeout_secs": "x"}"#, "timeout_secs: invalid type"),
+        (r#"{"timeout": 1}"#, "unknown field `timeout`"),
+        (
+            r#"{"timeout_secs": 99999}"#,
+            "more than the maximum of 3600",
+        ),
+    ] {
+        expect(
+            &post(c, "/v1/vms/web1/stop", JSON, body.as_bytes()),
+            400,
+            needle,
+            body,
+        );
+    }
+    assert!(c.list().unwrap().iter().all(|v| v.name == "web1"));
+    assert_eq!(
+        c.info("web1").unwrap().state,
+        VmState::Running,
+        "no stop got through"
+    );
+    healthy(c);
+}
+
+#[test]
+fn content_types_and_sizes() {
+    let env = start();
+    let c = &env.client;
+    let body = serde_json::to_vec(&def("web1")).unwrap();
+    expect(
+        &post(c, "/v1/vms", "text/plain", &body),
+        415,
+        "Content-Type: application/json",
+        "text",
+    );
+    let resp = c.send("POST", "/v1/vms", None).unwrap();
+    expect(&resp, 415, "must be JSON", "no body, no type");
+    // Parameters and +json types are JSON too.
+    let resp = post(c, "/v1/vms", "application/json; charset=utf-8", &body);
+    assert_eq!(resp.status, 201, "{}", resp.error_message());
+    c.start("web1").unwrap();
+    expect(
+        &post(c, "/v1/vms/web1/stop", "text/plain", b"{}"),
+        415,
+        "must be JSON",
+        "stop with a text body",
+    );
+
+    // 10 MiB: refused at the 1 MiB limit, valid JSON or not.
+    let mut huge = br#"{"name": "big", "boot": {"image": "/i"}, "x": ""#.to_vec();
+    huge.resize(10 << 20, b'a');
+    huge.extend_from_slice(b"\"}");
+    expect(
+        &post(c, "/v1/vms", JSON, &huge),
+        413,
+        "larger than the limit of 1048576",
+        "10 MiB",
+    );
+    expect(
+        &post(c, "/v1/vms/web1/stop", JSON, &huge),
+        413,
+        "larger",
+        "10 MiB stop",
+    );
+    // Sizes beyond the host are the host's to refuse, with its message.
+    let mut d = def("big");
+    d.cpus = 1000;
+    expect(
+        &post(c, "/v1/vms", JSON, &serde_json::to_vec(&d).unwrap()),
+        400,
+        "cpus 1000",
+        "cpus",
+    );
+    d.cpus = 1;
+    d.memory = vmk_host::model::ByteSize(1 << 40);
+    expect(
+        &post(c, "/v1/vms", JSON, &serde_json::to_vec(&d).unwrap()),
+        400,
+        "memory",
+        "1T",
+    );
+    healthy(c);
+}
+
+#[test]
+fn names_with_separators_never_reach_the_host() {
+    let env = start();
+    let c = &env.client;
+    c.create(&def("web1")).unwrap();
+    let long = "x".repeat(65);
+    let paths = [
+        "/v1/vms/..".to_string(),
+        "/v1/vms/%2E%2E".into(),
+        "/v1/vms/..%2F..%2Fetc%2Fpasswd".into(),
+        "/v1/vms/..%2fweb1".into(),
+        "/v1/vms/a%2Fb/start".into(),
+        "/v1/vms/a%5Cb".into(),
+        "/v1/vms/a%00b".into(),
+        "/v1/vms/%00".into(),
+        "/v1/vms/.hidden/metrics".into(),
+        "/v1/vms/-rf/stop".into(),
+        "/v1/vms/a%20b/console/log".into(),
+        "/v1/vms/%FF%FE".into(),
+        format!("/v1/vms/{long}"),
+    ];
+    for p in &paths {
+        let method = if p.ends_with("start") || p.ends_with("stop") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let resp = c.send(method, p, None).unwrap();
+        assert_eq!(resp.status, 400, "{method} {p}: {}", resp.error_message());
+        assert_eq!(resp.header("content-type"), Some(JSON), "{p}");
+        assert!(
+            resp.error_message().contains("name"),
+            "{p}: {}",
+            resp.error_message()
+        );
+    }
+    let resp = c.send("DELETE", "/v1/vms/..%2Fweb1", None).unwrap();
+    assert_eq!(resp.status, 400);
+    for name in ["../x", "a/b", "a\u{0}b", "", ".."] {
+        let mut d = def("x");
+        d.name = name.into();
+        let resp = post(c, "/v1/vms", JSON, &serde_json::to_vec(&d).unwrap());
+        expect(&resp, 400, "VM name", name);
+    }
+    // A raw request line with a dot-dot path (clients would normalize it).
+    let resp = raw_unix(
+        &env.socket(),
+        b"GET /v1/vms/../host HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&resp), 404, "{resp}");
+    error_of(&resp);
+    let resp = raw_unix(
+        &env.socket(),
+        b"DELETE /v1/vms/.. HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert!(error_of(&resp).contains("VM name '..'"), "{resp}");
+    // Nothing was created or deleted.
+    let names: Vec<_> = c.list().unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["web1"]);
+    healthy(c);
+}
+
+#[test]
+fn unknown_routes_wrong_methods_bad_queries() {
+    let env = start();
+    let c = &env.client;
+    c.create(&def("web1")).unwrap();
+    for (m, p) in [
+        ("GET", "/"),
+        ("GET", "/v1"),
+        ("GET", "/v1/nothing"),
+        ("GET", "/v1/vms/web1/a/b"),
+        ("POST", "/v1/vms/web1/explode"),
+        ("GET", "/v2/host"),
+        ("GET", "/v1/vms/"),
+    ] {
+        expect(&c.send(m, p, None).unwrap(), 404, "no such API route", p);
+    }
+    for (m, p) in [
+        ("PUT", "/v1/host"),
+        ("DELETE", "/v1/vms"),
+        ("GET", "/v1/vms/web1/start"),
+        ("PATCH", "/v1/vms/web1"),
+        ("POST", "/metrics"),
+        ("DELETE", "/v1/vms/web1/console"),
+    ] {
+        expect(
+            &c.send(m, p, None).unwrap(),
+            405,
+            &format!("method {m} is not allowed"),
+            p,
+        );
+    }
+    c.start("web1").unwrap();
+    for (q, needle) in [
+        ("max_bytes=abc", "bad query string"),
+        ("max_bytes=-1", "bad query string"),
+        ("lines=5", "unknown field `lines`"),
+        ("max_bytes=99999999999", "more than the maximum"),
+    ] {
+        let p = format!("/v1/vms/web1/console/log?{q}");
+        expect(&c.send("GET", &p, None).unwrap(), 400, needle, q);
+    }
+    // Not HTTP at all: hyper refuses it; the server goes on.
+    let resp = raw_unix(&env.socket(), b"\x00\x01garbage\r\n\r\n");
+    assert!(resp.is_empty() || status(&resp) == 400, "{resp}");
+    healthy(c);
+}
+
+#[test]
+fn tcp_needs_the_bearer_token() {
+    let env = start_with_tcp();
+    let addr = env.server.tcp_addr().unwrap();
+    let send = |auth: Option<&str>, request_line: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        raw(
+            &mut s,
+            format!("{request_line}\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some("Bearer "),
+        Some("Bearer s3cret-token-012345678"),
+        Some("Bearer s3cret-token-01234567890"),
+        Some(&format!("Basic {TOKEN}")),
+        Some(TOKEN),
+    ] {
+        for line in [
+            "GET /v1/host HTTP/1.1",
+            "GET /v1/nothing HTTP/1.1",
+            "PUT /v1/host HTTP/1.1",
+            "GET /metrics HTTP/1.1",
+            "GET /v1/vms/web1/console HTTP/1.1",
+        ] {
+            let resp = send(auth, line);
+            assert_eq!(status(&resp), 401, "{auth:?} {line}: {resp}");
+            assert!(resp.contains("www-authenticate: Bearer"), "{resp}");
+            error_of(&resp);
+        }
+    }
+    // The scheme is case-insensitive.
+    let resp = send(Some(&format!("bearer {TOKEN}")), "GET /v1/host HTTP/1.1");
+    assert_eq!(status(&resp), 200, "{resp}");
+    let resp = send(Some(&format!("Bearer {TOKEN}")), "GET /v1/nothing HTTP/1.1");
+    assert_eq!(status(&resp), 404, "{resp}");
+    // The Unix socket needs no token.
+    healthy(&env.client);
+    healthy(&env.tcp_client());
+}
+
+#[test]
+fn concurrent_conflicting_lifecycle_calls() {
+    let env = start();
+    let c = &env.client;
+    c.create(&def("web1")).unwrap();
+    // Running, so that the calls conflict (a stopped VM would just be deleted first).
+    c.start("web1").unwrap();
+    let calls = [
+        ("POST", "/v1/vms/web1/start"),
+        ("POST", "/v1/vms/web1/stop"),
+        ("POST", "/v1/vms/web1/poweroff"),
+        ("POST", "/v1/vms/web1/reset"),
+        ("DELETE", "/v1/vms/web1"),
+    ];
+    let barrier = Arc::new(Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let (m, p) = calls[i % calls.len()];
+            let c = c.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let resp = c.send(m, p, None).unwrap();
+                (m, p, resp)
+            })
+        })
+        .collect();
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    for t in threads {
+        let (m, p, resp) = t.join().unwrap();
+        *counts.entry(resp.status).or_default() += 1;
+        match resp.status {
+            200 | 204 => {}
+            404 | 409 => {
+                assert_eq!(resp.header("content-type"), Some(JSON));
+                let msg = resp.error_message();
+                assert!(msg.contains("web1"), "{m} {p}: {msg}");
+            }
+            s => panic!("{m} {p}: unexpected {s}: {}", resp.error_message()),
+        }
+    }
+    assert!(counts.get(&409).copied().unwrap_or(0) > 0, "{counts:?}");
+    // The VM is in one consistent state (or gone), and the host answers.
+    match c.info("web1") {
+        Ok(vm) => assert!(
+            matches!(
+                vm.state,
+                VmState::Stopped | VmState::Running | VmState::Stopping
+            ),
+            "{vm:?}"
+        ),
+        Err(e) => assert_eq!(e.status(), Some(404), "{e}"),
+    }
+    healthy(c);
+}

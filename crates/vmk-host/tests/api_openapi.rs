@@ -1,0 +1,481 @@
+//! docs/api/openapi.json matches the implementation: the same routes and methods as
+//! `api::routes()`, every route answers with a documented status and a body that validates
+//! against the documented schema, and the schemas' property names are exactly what serde
+//! writes for the model types (samples with every optional field set must use every
+//! documented property, and nothing else).
+
+mod api_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+
+use api_support::*;
+use serde_json::{json, Value};
+use vmk_host::api::{routes, StopRequest};
+use vmk_host::model::*;
+
+fn doc() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api/openapi.json");
+    let text = std::fs::read_to_string(path).expect("read docs/api/openapi.json");
+    serde_json::from_str(&text).expect("openapi.json is JSON")
+}
+
+const METHODS: [&str; 7] = ["get", "put", "post", "delete", "patch", "head", "options"];
+
+#[test]
+fn routes_match_the_router() {
+    let doc = doc();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (k, _) in item.as_object().unwrap() {
+            if METHODS.contains(&k.as_str()) {
+                documented.insert((k.to_uppercase(), path.clone()));
+            } else {
+                assert_eq!(k, "parameters", "{path}: unexpected key {k}");
+            }
+        }
+    }
+    let implemented: BTreeSet<_> = routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        implemented.difference(&documented).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "routes missing from the document"
+    );
+    assert_eq!(
+        documented.difference(&implemented).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "documented routes the router does not have"
+    );
+}
+
+/// Validates JSON values against the document's schemas and records which object
+/// properties the values used.
+struct Checker {
+    doc: Value,
+    /// (schema name, property) of every documented property.
+    documented: BTreeSet<(String, String)>,
+    used: BTreeSet<(String, String)>,
+}
+
+impl Checker {
+    fn new() -> Checker {
+        let doc = doc();
+        let mut documented = BTreeSet::new();
+        let schemas = doc["components"]["schemas"].as_object().unwrap().clone();
+        for (name, s) in &schemas {
+            let mut record = |s: &Value, owner: String| {
+                if let Some(props) = s["properties"].as_object() {
+                    for p in props.keys() {
+                        documented.insert((owner.clone(), p.clone()));
+                    }
+                }
+            };
+            record(s, name.clone());
+            for (i, alt) in s["oneOf"].as_array().into_iter().flatten().enumerate() {
+                record(alt, format!("{name}/{i}"));
+            }
+        }
+        Checker {
+            doc,
+            documented,
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn schema(&self, name: &str) -> Value {
+        json!({ "$ref": format!("#/components/schemas/{name}") })
+    }
+
+    /// Checks `v` against `schema`; `owner` names the schema for the property record.
+    fn check(&mut self, schema: &Value, v: &Value, owner: &str, at: &str) -> Result<(), String> {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.strip_prefix("#/components/schemas/").expect("local $ref");
+            let s = self.doc["components"]["schemas"][name].clone();
+            assert!(!s.is_null(), "dangling $ref {r}");
+            return self.check(&s, v, name, at);
+        }
+        if let Some(alts) = schema["oneOf"].as_array() {
+            let mut errors = Vec::new();
+            let mut matched = 0;
+            for (i, alt) in alts.clone().iter().enumerate() {
+                let used = self.used.clone();
+                match self.check(alt, v, &format!("{owner}/{i}"), at) {
+                    Ok(()) => matched += 1,
+                    Err(e) => {
+                        self.used = used;
+                        errors.push(e);
+                    }
+                }
+            }
+            return match matched {
+                1 => Ok(()),
+                0 => Err(format!("{at}: matches no alternative: {errors:?}")),
+                n => Err(format!("{at}: matches {n} alternatives of oneOf")),
+            };
+        }
+        if let Some(c) = schema.get("const") {
+            return if c == v {
+                Ok(())
+            } else {
+                Err(format!("{at}: {v} is not {c}"))
+            };
+        }
+        if let Some(e) = schema["enum"].as_array() {
+            if !e.contains(v) {
+                return Err(format!("{at}: {v} is not one of {e:?}"));
+            }
+        }
+        let types: Vec<&str> = match &schema["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+            _ => panic!("{owner} at {at}: schema without type: {schema}"),
+        };
+        let actual = match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        if !types.contains(&actual) {
+            return Err(format!(
+                "{at}: {actual} {v} where the document says {types:?}"
+            ));
+        }
+        match v {
+            Value::Number(n) => {
+                if let (Some(min), Some(x)) = (schema["minimum"].as_i64(), n.as_i64()) {
+                    if x < min {
+                        return Err(format!("{at}: {x} < minimum {min}"));
+                    }
+                }
+                Ok(())
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.check(&schema["items"], item, owner, &format!("{at}[{i}]"))?;
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                let props = schema["properties"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                for (k, item) in map {
+                    let s = props.get(k).ok_or_else(|| {
+                        format!("{at}: property {k} is not documented in {owner}")
+                    })?;
+                    self.check(s, item, owner, &format!("{at}.{k}"))?;
+                    self.used.insert((owner.to_string(), k.clone()));
+                }
+                for r in schema["required"].as_array().into_iter().flatten() {
+                    let r = r.as_str().unwrap();
+                    if !map.contains_key(r) {
+                        return Err(format!("{at}: required {owner}.{r} is missing"));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn valid<T: serde::Serialize>(&mut self, schema: &str, sample: &T) {
+        let v = serde_json::to_value(sample).unwrap();
+        let s = self.schema(schema);
+        if let Err(e) = self.check(&s, &v, schema, schema) {
+            panic!("{schema} sample does not match the document: {e}\n{v:#}");
+        }
+    }
+}
+
+fn full_definition() -> VmDefinition {
+    VmDefinition {
+        name: "web1".into(),
+        cpus: 2,
+        memory: ByteSize(1 << 30),
+        autostart: true,
+        boot: Boot {
+            image: Some("/img".into()),
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            append: Some("console=ttyS0".into()),
+        },
+        disks: vec![DiskDef {
+            path: "/d.vmdk".into(),
+            read_only: true,
+            serial: Some("SER1".into()),
+        }],
+        nics: vec![NicDef {
+            portgroup: "VM Network".into(),
+            mac: Some("02:00:00:00:00:01".into()),
+        }],
+        resources: Resources {
+            cpu_shares: Shares::Custom(2000),
+            cpu_reservation_mhz: 100,
+            cpu_limit_mhz: Some(1000),
+            cpu_affinity: Some(vec![0, 1]),
+            mem_shares: Shares::Level(ShareLevel::High),
+            mem_reservation: ByteSize(1 << 20),
+            mem_limit: Some(ByteSize(1 << 30)),
+        },
+        test_fault_on_console: Some("boom".into()),
+    }
+}
+
+fn host_info() -> HostInfo {
+    HostInfo {
+        hostname: "h".into(),
+        version: "0.1.0".into(),
+        cpus: 2,
+        memory: 1 << 34,
+        vms: 1,
+        vms_running: 1,
+        uptime_secs: 3,
+        dir: "/var/lib/vmk".into(),
+    }
+}
+
+fn vm_metrics() -> VmMetrics {
+    VmMetrics {
+        name: "web1".into(),
+        state: VmState::Running,
+        vcpus: vec![VcpuMetrics {
+            cpu_time_ns: 1,
+            instret: 2,
+        }],
+        memory_configured: 1 << 30,
+        memory_touched: 1 << 20,
+        disks: vec![DiskMetrics {
+            path: "/d.vmdk".into(),
+            ..Default::default()
+        }],
+        nics: vec![NicMetrics::default()],
+    }
+}
+
+#[test]
+fn schemas_match_serde() {
+    let mut c = Checker::new();
+    let full = VmInfo {
+        name: "web1".into(),
+        state: VmState::Running,
+        definition: full_definition(),
+        last_exit: Some(ExitInfo::PoweredOff { status: 3 }),
+        started_at: Some(1),
+        ended_at: Some(2),
+        boots: 4,
+    };
+    c.valid("VmInfo", &full);
+    let minimal = VmInfo {
+        last_exit: None,
+        started_at: None,
+        ended_at: None,
+        definition: minimal_def("db"),
+        ..full.clone()
+    };
+    c.valid("VmInfo", &minimal);
+    c.valid("ExitInfo", &ExitInfo::Killed);
+    c.valid("ExitInfo", &ExitInfo::Crashed { reason: "x".into() });
+    for s in [
+        VmState::Stopped,
+        VmState::Starting,
+        VmState::Stopping,
+        VmState::Crashed,
+    ] {
+        c.valid("VmState", &s);
+    }
+    for s in [ShareLevel::Low, ShareLevel::Normal] {
+        c.valid("Shares", &Shares::Level(s));
+    }
+    c.valid("HostInfo", &host_info());
+    c.valid("VmMetrics", &vm_metrics());
+    c.valid(
+        "HostMetrics",
+        &HostMetrics {
+            host: host_info(),
+            rss: 1,
+            cpu_time_ns: 2,
+            vms: vec![vm_metrics()],
+        },
+    );
+    c.valid(
+        "StopRequest",
+        &StopRequest {
+            timeout_secs: Some(5),
+        },
+    );
+    c.valid("Error", &json!({"error": "x"}));
+    // The other spellings a client may send validate too.
+    c.valid("ByteSize", &json!("512M"));
+    c.valid("VmDefinition", &json!({"name": "a", "boot": {}}));
+
+    let unused: Vec<_> = c.documented.difference(&c.used).collect();
+    assert!(
+        unused.is_empty(),
+        "documented properties serde never writes: {unused:?}"
+    );
+}
+
+/// What the document says a definition requires is what deserialization requires.
+#[test]
+fn required_fields_of_inputs() {
+    let doc = doc();
+    let schemas = &doc["components"]["schemas"];
+    let required = |name: &str| -> Vec<String> {
+        schemas[name]["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let minimal =
+        json!({"name": "a", "boot": {}, "disk": [{"path": "/d"}], "nic": [{"portgroup": "p"}]});
+    serde_json::from_value::<VmDefinition>(minimal.clone()).expect("the minimal definition");
+    assert_eq!(required("VmDefinition"), ["name", "boot"]);
+    for r in required("VmDefinition") {
+        let mut v = minimal.clone();
+        v.as_object_mut().unwrap().remove(&r);
+        assert!(
+            serde_json::from_value::<VmDefinition>(v).is_err(),
+            "{r} is required"
+        );
+    }
+    for (list, schema) in [("disk", "DiskDef"), ("nic", "NicDef")] {
+        for r in required(schema) {
+            let mut v = minimal.clone();
+            v[list][0].as_object_mut().unwrap().remove(&r);
+            assert!(
+                serde_json::from_value::<VmDefinition>(v).is_err(),
+                "{schema}.{r}"
+            );
+        }
+    }
+    for s in ["Boot", "Resources", "StopRequest"] {
+        assert!(required(s).is_empty(), "{s} has only optional fields");
+    }
+    // Everything serde writes for a full definition, it reads back.
+    let full = serde_json::to_value(full_definition()).unwrap();
+    assert_eq!(
+        serde_json::from_value::<VmDefinition>(full).unwrap(),
+        full_definition()
+    );
+}
+
+/// Calls every route on a fresh fake host and checks the status and the body against the
+/// route's documented responses.
+#[test]
+fn every_route_answers_as_documented() {
+    let mut checker = Checker::new();
+    let doc = checker.doc.clone();
+    for (method, template) in routes() {
+        let op = &doc["paths"][template][method.to_lowercase()];
+        let env = start();
+        env.client.create(&def("web1")).unwrap();
+        if !matches!(template, "/v1/vms/{name}/start" | "/v1/vms/{name}") {
+            env.client.start("web1").unwrap();
+        }
+        env.host.guest_output("web1", b"hello").unwrap();
+
+        let path = template.replace("{name}", "web1");
+        let (status, content_type, body) = if template.ends_with("/console") {
+            let mut s = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: vmk-console\r\n\r\n"
+            )
+            .unwrap();
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            (status(&head), None, Vec::new())
+        } else {
+            let body = match (method, template) {
+                ("POST", "/v1/vms") => Some(serde_json::to_vec(&def("web2")).unwrap()),
+                ("POST", "/v1/vms/{name}/stop") => Some(br#"{"timeout_secs": 5}"#.to_vec()),
+                _ => None,
+            };
+            let resp = env
+                .client
+                .send(
+                    method,
+                    &path,
+                    body.as_deref().map(|b| ("application/json", b)),
+                )
+                .unwrap();
+            let ct = resp.header("content-type").map(str::to_string);
+            (resp.status, ct, resp.body)
+        };
+        assert!(
+            (200..300).contains(&status) || status == 101,
+            "{method} {path}: {status}"
+        );
+        let documented = &op["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {template}: status {status} not documented"
+        );
+        if let Some(ct) = content_type {
+            let content = &documented["content"];
+            let media = ct.split(';').next().unwrap();
+            let (key, media_doc) = content
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {template}: no content documented"))
+                .iter()
+                .find(|(k, _)| k.split(';').next().unwrap() == media)
+                .unwrap_or_else(|| panic!("{method} {template}: {ct} not documented"));
+            if key == "application/json" {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let s = media_doc["schema"].clone();
+                if let Err(e) = checker.check(&s, &v, "response", &format!("{method} {template}")) {
+                    panic!("{e}");
+                }
+            }
+        }
+
+        // Error answers the route can give are documented too.
+        if template.contains("{name}") {
+            let bad = template.replace("{name}", "..%2Fetc");
+            let missing = template.replace("{name}", "nope");
+            // The console asks for the upgrade headers (426) before it looks the VM up.
+            let not_found = if template.ends_with("/console") {
+                426
+            } else {
+                404
+            };
+            for (p, want) in [(bad, 400), (missing, not_found)] {
+                let resp = env.client.send(method, &p, None).unwrap();
+                assert_eq!(resp.status, want, "{method} {p}");
+                assert!(
+                    op["responses"][want.to_string()].is_object(),
+                    "{method} {template}: {want} not documented"
+                );
+            }
+        }
+    }
+}
+
+/// The document names each schema it defines somewhere (no stale leftovers).
+#[test]
+fn every_schema_is_used() {
+    let doc = doc();
+    let text = doc.to_string();
+    let mut counts = BTreeMap::new();
+    for name in doc["components"]["schemas"].as_object().unwrap().keys() {
+        counts.insert(
+            name.clone(),
+            text.matches(&format!("\"#/components/schemas/{name}\""))
+                .count(),
+        );
+    }
+    let unused: Vec<_> = counts.iter().filter(|(_, n)| **n == 0).collect();
+    assert!(unused.is_empty(), "unused schemas: {unused:?}");
+}

@@ -1,0 +1,212 @@
+//! `vmk host ...`: run the host daemon in the foreground, and ask a running host about
+//! itself. Also the connection options every API client command shares ([`ConnArgs`]).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use vmk_host::client::Client;
+use vmk_host::model::{HostApi, HostConfig, HostInfo};
+
+use crate::vm::{fmt_bytes, fmt_duration};
+use crate::CmdError;
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Run the host in the foreground: every VM of the machine, the inventory and the API
+    /// (Unix socket, optionally TCP). Stops on SIGINT or SIGTERM.
+    Start {
+        /// Host configuration (TOML: dir, socket, [tcp] listen and token_file). Without
+        /// it: inventory in /var/lib/vmk, API on /run/vmk/vmk.sock, no TCP.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Show the running host: CPUs, memory, VMs, uptime.
+    Info {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the host's API is. The Unix socket unless --url is given.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// The host's API socket [default: /run/vmk/vmk.sock].
+    #[arg(long, value_name = "PATH", env = "VMK_SOCKET", global = true)]
+    pub socket: Option<PathBuf>,
+    /// The host's TCP API, http://HOST:PORT, instead of the socket (needs --token-file).
+    /// Takes precedence over --socket, so that a VMK_SOCKET in the environment does not
+    /// get in the way.
+    #[arg(long, value_name = "URL", global = true)]
+    pub url: Option<String>,
+    /// A file holding the TCP API's bearer token.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    pub fn client(&self) -> Result<Client, CmdError> {
+        match (&self.url, &self.token_file) {
+            (Some(url), Some(token)) => Ok(Client::tcp_with_token_file(url, token)?),
+            (Some(_), None) => {
+                Err("--url needs --token-file (the file with the host's API token)".into())
+            }
+            (None, Some(_)) => {
+                Err("--token-file goes with --url (the Unix socket needs no token)".into())
+            }
+            (None, None) => Ok(Client::unix(
+                self.socket
+                    .clone()
+                    .unwrap_or_else(vmk_host::model::default_socket),
+            )),
+        }
+    }
+}
+
+pub fn run(cmd: HostCommand) -> Result<(), CmdError> {
+    match cmd {
+        HostCommand::Start { config } => start(config.as_deref()),
+        HostCommand::Info { conn, json } => {
+            let info = conn.client()?.host_info()?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+            } else {
+                out.write_all(format_info(&info).as_bytes())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The host configuration: the file's, or the defaults.
+pub fn load_config(path: Option<&Path>) -> Result<HostConfig, CmdError> {
+    let Some(path) = path else {
+        return Ok(HostConfig::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the host config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("host config {}: {e}", path.display()).into())
+}
+
+/// The real host for `cfg`.
+fn open_host(cfg: &HostConfig) -> Result<Arc<dyn HostApi>, CmdError> {
+    // Wired to vmk_host::runtime::Host::open(cfg) when the runtime is merged.
+    Err(format!(
+        "cannot open the host in {}: the host runtime (vmk_host::runtime::Host) is not merged yet",
+        cfg.dir.display()
+    )
+    .into())
+}
+
+fn start(config: Option<&Path>) -> Result<(), CmdError> {
+    let cfg = load_config(config)?;
+    let host = open_host(&cfg)?;
+    let tcp = cfg
+        .tcp
+        .as_ref()
+        .map(|t| format!(" and on TCP {}", t.listen))
+        .unwrap_or_default();
+    eprintln!(
+        "vmk: host in {} serving the API on {}{tcp}; SIGINT or SIGTERM stops it",
+        cfg.dir.display(),
+        cfg.socket.display()
+    );
+    vmk_host::api::serve(host, &cfg, vmk_host::api::termination_signal())?;
+    eprintln!("vmk: host stopped");
+    Ok(())
+}
+
+pub fn format_info(h: &HostInfo) -> String {
+    format!(
+        "host:      {}\nversion:   {}\ncpus:      {}\nmemory:    {}\nvms:       {} ({} running)\nuptime:    {}\ndirectory: {}\n",
+        h.hostname,
+        h.version,
+        h.cpus,
+        fmt_bytes(h.memory),
+        h.vms,
+        h.vms_running,
+        fmt_duration(h.uptime_secs),
+        h.dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_config(None).unwrap(), HostConfig::default());
+        let p = dir.path().join("host.toml");
+        std::fs::write(
+            &p,
+            "dir = \"/srv/vmk\"\n[tcp]\nlisten = \"127.0.0.1:7480\"\ntoken_file = \"/etc/vmk/token\"\n",
+        )
+        .unwrap();
+        let cfg = load_config(Some(&p)).unwrap();
+        assert_eq!(cfg.dir, PathBuf::from("/srv/vmk"));
+        assert_eq!(cfg.socket, vmk_host::model::default_socket());
+        assert_eq!(cfg.tcp.unwrap().listen, "127.0.0.1:7480");
+
+        std::fs::write(&p, "dri = \"/srv\"\n").unwrap();
+        let e = load_config(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("host.toml") && e.contains("unknown field `dri`"),
+            "{e}"
+        );
+        let e = load_config(Some(&dir.path().join("none.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the host config"), "{e}");
+    }
+
+    #[test]
+    fn connection_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "0123456789abcdef\n").unwrap();
+        let c = ConnArgs {
+            socket: None,
+            url: None,
+            token_file: None,
+        };
+        assert_eq!(
+            c.client().unwrap().endpoint(),
+            &vmk_host::client::Endpoint::Unix("/run/vmk/vmk.sock".into())
+        );
+        let url_only = ConnArgs {
+            url: Some("http://127.0.0.1:1".into()),
+            ..c.clone()
+        };
+        assert!(url_only
+            .client()
+            .unwrap_err()
+            .to_string()
+            .contains("--token-file"));
+        // --url wins over a socket (from VMK_SOCKET, say).
+        let both = ConnArgs {
+            socket: Some("/s.sock".into()),
+            url: Some("http://127.0.0.1:7480".into()),
+            token_file: Some(token.clone()),
+        };
+        assert!(matches!(
+            both.client().unwrap().endpoint(),
+            vmk_host::client::Endpoint::Tcp { .. }
+        ));
+        let token_only = ConnArgs {
+            token_file: Some("/t".into()),
+            ..c
+        };
+        assert!(token_only
+            .client()
+            .unwrap_err()
+            .to_string()
+            .contains("goes with --url"));
+    }
+}
