@@ -4,10 +4,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use vmk_host::client::Client;
 use vmk_host::model::{HostApi, HostConfig, HostInfo};
+use vmk_host::runtime::Host;
 
 use crate::vm::{fmt_bytes, fmt_duration};
 use crate::CmdError;
@@ -93,19 +95,20 @@ pub fn load_config(path: Option<&Path>) -> Result<HostConfig, CmdError> {
     toml::from_str(&text).map_err(|e| format!("host config {}: {e}", path.display()).into())
 }
 
-/// The real host for `cfg`.
-fn open_host(cfg: &HostConfig) -> Result<Arc<dyn HostApi>, CmdError> {
-    // Wired to vmk_host::runtime::Host::open(cfg) when the runtime is merged.
-    Err(format!(
-        "cannot open the host in {}: the host runtime (vmk_host::runtime::Host) is not merged yet",
-        cfg.dir.display()
-    )
-    .into())
-}
+/// How long `vmk host start` gives running VMs to shut down (SysRq) when it is stopped,
+/// before powering off what is left.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn start(config: Option<&Path>) -> Result<(), CmdError> {
     let cfg = load_config(config)?;
-    let host = open_host(&cfg)?;
+    let host = Host::open(&cfg)?;
+    for e in host.inventory_errors() {
+        eprintln!(
+            "vmk: warning: VM definition {} not loaded: {} (fix or remove the file; the other VMs are up)",
+            e.path.display(),
+            e.message
+        );
+    }
     let tcp = cfg
         .tcp
         .as_ref()
@@ -116,7 +119,14 @@ fn start(config: Option<&Path>) -> Result<(), CmdError> {
         cfg.dir.display(),
         cfg.socket.display()
     );
-    vmk_host::api::serve(host, &cfg, vmk_host::api::termination_signal())?;
+    let api: Arc<dyn HostApi> = host.clone();
+    let served = vmk_host::api::serve(api, &cfg, vmk_host::api::termination_signal());
+    eprintln!(
+        "vmk: host stopping: shutting down running VMs (powered off after {} s)",
+        SHUTDOWN_TIMEOUT.as_secs()
+    );
+    host.shutdown(SHUTDOWN_TIMEOUT);
+    served?;
     eprintln!("vmk: host stopped");
     Ok(())
 }

@@ -9,6 +9,7 @@ use vmk_host::console::StatusWatcher;
 use vmk_host::model::{parse_size, Boot, ByteSize, DiskDef, ExitInfo, Resources, VmDefinition};
 use vmk_machine::{Console, Vm};
 
+use crate::term::RawMode;
 use crate::CmdError;
 
 #[derive(Debug, Args)]
@@ -82,43 +83,6 @@ impl Console for Terminal {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .feed(bytes);
-    }
-}
-
-/// Puts the terminal in raw mode while alive (so keys go to the guest), restoring it on drop.
-struct RawMode {
-    saved: libc::termios,
-}
-
-impl RawMode {
-    fn enable() -> Option<RawMode> {
-        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a properly sized termios.
-        unsafe {
-            if libc::isatty(0) != 1 {
-                return None;
-            }
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return None;
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            // Keep output post-processing so the host's newline handling stays sane.
-            t.c_oflag |= libc::OPOST;
-            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
-                return None;
-            }
-            Some(RawMode { saved })
-        }
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `enable`.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &self.saved);
-        }
     }
 }
 

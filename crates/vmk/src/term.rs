@@ -1,4 +1,4 @@
-//! The terminal: raw mode for interactive commands (`vmk vm console`, `vmk vm top`).
+//! The terminal: raw mode for interactive commands (`vmk run`, `vmk vm console`, `vmk vm top`).
 
 /// Puts the terminal on stdin in raw mode while alive (keys arrive one by one, unechoed,
 /// Ctrl-C included), restoring it on drop.

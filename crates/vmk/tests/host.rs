@@ -1,0 +1,300 @@
+//! The host end to end, as a user drives it: `vmk host start` as a daemon process, VMs
+//! defined from TOML files and managed with `vmk vm ...` over the API socket, real Debian
+//! guests. Needs Debian's mirror (or a warm image cache) like the other guest tests.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// One image for every VM; the kernel command line says what each guest does.
+const SCRIPT: &str = r#"
+code=0
+fault=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmk.test.exit=*) code="${arg#vmk.test.exit=}" ;;
+        vmk.test.fault=*) fault="${arg#vmk.test.fault=}" ;;
+    esac
+done
+echo "task says hello, will exit $code"
+if [ -n "$fault" ]; then
+    echo "about to print the fault trigger"
+    echo "$fault"
+    echo "task still running after the fault"
+fi
+exit "$code"
+"#;
+
+const APPEND: &str = "console=ttyS0 earlycon=sbi";
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("vmk.sock");
+        let config = dir.join("host.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "dir = \"{}\"\nsocket = \"{}\"\n",
+                dir.join("host").display(),
+                socket.display()
+            ),
+        )
+        .expect("write host.toml");
+        let log = dir.join(format!(
+            "host-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_vmk"))
+            .args(["host", "start", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(
+                std::fs::File::options()
+                    .append(true)
+                    .open(&log)
+                    .expect("log"),
+            )
+            .spawn()
+            .expect("spawn vmk host start");
+        let d = Daemon { child, socket, log };
+        let t = Instant::now();
+        while !d.socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the host did not create its socket; its log:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `vmk ARGS --socket S`; panics with the output unless it succeeds.
+    fn vmk(&self, args: &[&str]) -> String {
+        let out = self.vmk_raw(args);
+        assert!(
+            out.status.success(),
+            "vmk {args:?} failed: {}\n{}\nhost log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn vmk_raw(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vmk"))
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run vmk")
+    }
+
+    fn info(&self, name: &str) -> Value {
+        serde_json::from_str(&self.vmk(&["vm", "info", name, "--json"])).expect("info JSON")
+    }
+
+    /// SIGTERM, as systemd stops it; the daemon must exit 0 and remove its socket.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                assert!(st.success(), "host exited {st}; log:\n{}", self.log_text());
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the host did not exit after SIGTERM; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!self.socket.exists(), "socket left behind");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn define(
+    dir: &Path,
+    image: &Path,
+    name: &str,
+    extra_append: &str,
+    fault: Option<&str>,
+) -> PathBuf {
+    let mut toml = format!("name = \"{name}\"\ncpus = 1\nmemory = \"256M\"\n",);
+    if let Some(f) = fault {
+        toml.push_str(&format!("test_fault_on_console = \"{f}\"\n"));
+    }
+    toml.push_str(&format!(
+        "\n[boot]\nimage = \"{}\"\nappend = \"{APPEND} {extra_append}\"\n",
+        image.display()
+    ));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml).expect("write VM definition");
+    path
+}
+
+fn wait_until_ended(d: &Daemon, names: &[&str], timeout: Duration) {
+    let t = Instant::now();
+    loop {
+        let states: Vec<String> = names
+            .iter()
+            .map(|n| d.info(n)["state"].as_str().unwrap_or("?").to_string())
+            .collect();
+        if states.iter().all(|s| s == "stopped" || s == "crashed") {
+            return;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "VMs still running after {timeout:?}: {states:?}; host log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart() {
+    let image = common::build_image("host-e2e", SCRIPT, &[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let d = Daemon::start(dir);
+
+    let fault = "FAULT-TRIGGER-0xdead";
+    let defs = [
+        define(dir, &image, "alpha", "vmk.test.exit=0", None),
+        define(dir, &image, "bravo", "vmk.test.exit=3", None),
+        define(
+            dir,
+            &image,
+            "charlie",
+            &format!("vmk.test.exit=5 vmk.test.fault={fault}"),
+            Some(fault),
+        ),
+    ];
+    for def in &defs {
+        d.vmk(&["vm", "create", def.to_str().expect("utf-8 path")]);
+    }
+    // A duplicate and a hostile name are refused with a message, the host stays up.
+    let dup = d.vmk_raw(&["vm", "create", defs[0].to_str().unwrap_or_default()]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("alpha"));
+    let bad = d.vmk_raw(&["vm", "start", "../etc"]);
+    assert!(!bad.status.success());
+
+    for name in ["alpha", "bravo", "charlie"] {
+        d.vmk(&["vm", "start", name]);
+    }
+    // Starting a running VM makes no sense.
+    let again = d.vmk_raw(&["vm", "start", "alpha"]);
+    if !again.status.success() {
+        assert!(
+            String::from_utf8_lossy(&again.stderr).contains("alpha"),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    wait_until_ended(&d, &["alpha", "bravo", "charlie"], Duration::from_secs(600));
+
+    let a = d.info("alpha");
+    assert_eq!(a["state"], "stopped", "{a}");
+    assert_eq!(a["last_exit"]["kind"], "poweredoff", "{a}");
+    assert_eq!(a["last_exit"]["status"], 0, "{a}");
+    let b = d.info("bravo");
+    assert_eq!(b["state"], "stopped", "{b}");
+    assert_eq!(b["last_exit"]["status"], 3, "{b}");
+    let c = d.info("charlie");
+    assert_eq!(c["state"], "crashed", "{c}");
+    assert_eq!(c["last_exit"]["kind"], "crashed", "{c}");
+    let reason = c["last_exit"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("panicked"), "{reason}");
+
+    // The consoles were logged: the guests' own lines, and the crash stopped the third.
+    let client = vmk_host::client::Client::unix(&d.socket);
+    let log_b =
+        String::from_utf8_lossy(&client.console_log("bravo", 1 << 20).expect("log")).into_owned();
+    assert!(log_b.contains("vmk-guest: ready"), "{log_b}");
+    assert!(log_b.contains("task says hello, will exit 3"), "{log_b}");
+    let log_c =
+        String::from_utf8_lossy(&client.console_log("charlie", 1 << 20).expect("log")).into_owned();
+    assert!(
+        log_c.contains("about to print the fault trigger"),
+        "{log_c}"
+    );
+    assert!(
+        !log_c.contains("task still running after the fault"),
+        "{log_c}"
+    );
+
+    // Metrics of the finished runs: real work was counted.
+    let m = client.vm_metrics("alpha").expect("metrics");
+    assert!(m.vcpus[0].instret > 100_000_000, "{m:?}");
+    assert!(m.vcpus[0].cpu_time_ns > 500_000_000, "{m:?}");
+    assert!(
+        m.memory_touched > 16 << 20 && m.memory_touched <= 256 << 20,
+        "{m:?}"
+    );
+    let prom = client.prometheus().expect("/metrics");
+    assert!(prom.contains("alpha"), "{prom}");
+
+    let list = d.vmk(&["vm", "list"]);
+    for name in ["alpha", "bravo", "charlie"] {
+        assert!(list.contains(name), "{list}");
+    }
+    let host = d.vmk(&["host", "info"]);
+    assert!(host.contains("3"), "{host}");
+    d.stop();
+
+    // A new host process on the same directory has the same inventory and last exits.
+    let d = Daemon::start(dir);
+    let list: Value = serde_json::from_str(&d.vmk(&["vm", "list", "--json"])).expect("list JSON");
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{list}");
+    for n in ["alpha", "bravo", "charlie"] {
+        assert!(names.contains(&n), "{list}");
+    }
+    assert_eq!(d.info("bravo")["last_exit"]["status"], 3);
+    // After a host restart nothing runs: every VM is stopped, with its last exit kept.
+    let c = d.info("charlie");
+    assert_eq!(c["state"], "stopped", "{c}");
+    assert_eq!(c["last_exit"]["kind"], "crashed", "{c}");
+    // A stopped VM can be deleted; its definition is gone for good.
+    d.vmk(&["vm", "delete", "alpha"]);
+    let gone = d.vmk_raw(&["vm", "info", "alpha"]);
+    assert!(!gone.status.success());
+    d.stop();
+}
