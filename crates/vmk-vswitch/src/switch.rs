@@ -1261,6 +1261,25 @@ impl VnicPort {
     }
 }
 
+impl std::fmt::Debug for VnicPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VnicPort")
+            .field("switch", &self.inner.name)
+            .field("id", &self.port.id)
+            .field("name", &self.port.name)
+            .field("mac", &self.port.configured_mac)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for VSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VSwitch")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
 impl Drop for VnicPort {
     fn drop(&mut self) {
         self.inner.remove_port(&self.port);
