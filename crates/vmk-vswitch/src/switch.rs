@@ -838,7 +838,7 @@ impl VSwitch {
         let up = read(&self.inner.state).uplink(uplink).cloned();
         match up {
             Some(u) => {
-                self.inner.from_uplink(&u, frame);
+                self.inner.uplink_ingress(&u, frame);
                 Ok(())
             }
             None => Err(SwitchError::NoUplink {
@@ -885,7 +885,7 @@ fn uplink_rx_loop(weak: Weak<Inner>, up: Arc<UplinkPort>) {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                inner.from_uplink(&up, &buf[..n.min(buf.len())]);
+                inner.uplink_ingress(&up, &buf[..n.min(buf.len())]);
             }
             Ok(None) => {
                 if weak.strong_count() == 0 {
@@ -940,7 +940,7 @@ impl Inner {
     }
 
     /// A frame from a vNIC port (the guest's transmit).
-    fn from_port(&self, port: &Port, frame: &[u8]) -> TxOutcome {
+    fn port_ingress(&self, port: &Port, frame: &[u8]) -> TxOutcome {
         let c = &port.counters;
         let Some(hdr) = EthHeader::parse(frame) else {
             inc(&c.malformed);
@@ -1005,7 +1005,7 @@ impl Inner {
     }
 
     /// A frame from an uplink (the physical network).
-    fn from_uplink(&self, up: &UplinkPort, frame: &[u8]) {
+    fn uplink_ingress(&self, up: &UplinkPort, frame: &[u8]) {
         let c = &up.counters;
         inc(&c.rx_frames);
         add(&c.rx_bytes, frame.len());
@@ -1233,7 +1233,7 @@ impl VnicPort {
 
     /// The guest sends a frame (Ethernet header onwards).
     pub fn send(&self, frame: &[u8]) -> TxOutcome {
-        self.inner.from_port(&self.port, frame)
+        self.inner.port_ingress(&self.port, frame)
     }
 
     /// The next frame for the guest.

@@ -73,6 +73,7 @@ pub mod net;
 pub mod queue;
 
 pub mod fuzzing;
+pub mod net_fuzzing;
 
 #[cfg(test)]
 mod net_tests;

@@ -294,6 +294,21 @@ impl VirtioNet {
         NetConfig::max_frame(self.mtu)
     }
 
+    /// The receive buffers the device took from the ring and holds for the next frames
+    /// (guest address, length): the device may still write there although the driver may
+    /// have reused their descriptors.
+    pub fn held_rx_buffers(&self) -> Vec<(u64, u64)> {
+        self.rx_stash
+            .iter()
+            .flat_map(|b| b.bufs.segments().iter().copied())
+            .collect()
+    }
+
+    /// Whether a throttled frame waits to be sent again.
+    pub fn tx_pending(&self) -> bool {
+        self.tx_pending.is_some()
+    }
+
     fn mergeable(&self) -> bool {
         self.features & VIRTIO_NET_F_MRG_RXBUF != 0
     }
@@ -447,20 +462,18 @@ impl VirtioNet {
                 }
             }
         } else {
-            loop {
-                if self.rx_stash.is_empty() && !self.stash_rx_buffer(queue, mem)? {
-                    return Ok(false);
+            if self.rx_stash.is_empty() && !self.stash_rx_buffer(queue, mem)? {
+                return Ok(false);
+            }
+            match self.rx_stash.front() {
+                Some(b) if b.bufs.len() < need => {
+                    // The buffer is too small for this frame: drop the frame, keep the
+                    // buffer for the next one.
+                    self.stats.rx_too_big += 1;
+                    return Ok(true);
                 }
-                match self.rx_stash.front() {
-                    Some(b) if b.bufs.len() < need => {
-                        // The buffer is too small for this frame: drop the frame, keep
-                        // the buffer for the next one.
-                        self.stats.rx_too_big += 1;
-                        return Ok(true);
-                    }
-                    Some(_) => break,
-                    None => return Ok(false),
-                }
+                Some(_) => {}
+                None => return Ok(false),
             }
         }
         // Count the buffers the frame spans (num_buffers).
