@@ -7,7 +7,7 @@ pub mod loader;
 pub mod sbi;
 mod vm;
 
-pub use vm::{Console, DiskSpec, Vm, VmConfig, VmError, VmOutcome};
+pub use vm::{Console, DiskSpec, NicSpec, Vm, VmConfig, VmError, VmOutcome};
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so
 /// that the same kernels and bare-metal programs run on both).

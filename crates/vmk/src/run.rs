@@ -224,6 +224,7 @@ pub fn run(args: RunArgs) -> Result<i32, CmdError> {
         cmdline,
         console,
         disks: args.disks.clone(),
+        nics: Vec::new(),
         fault_on_console: None,
     })?;
     let raw = RawMode::enable();
