@@ -26,8 +26,12 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let size: usize = arg(&args, "--size").and_then(|s| s.parse().ok()).unwrap_or(60);
-    let secs: f64 = arg(&args, "--secs").and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let size: usize = arg(&args, "--size")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let secs: f64 = arg(&args, "--secs")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
     let run = Duration::from_secs_f64(secs);
     match args.get(1).map(String::as_str) {
         Some("vmk") => vmk(size.max(14), run),
@@ -101,7 +105,9 @@ fn rx_packets(ifname: &str) -> u64 {
     std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/rx_packets"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("cannot read rx_packets of {ifname} (run inside its network namespace)"))
+        .unwrap_or_else(|| {
+            panic!("cannot read rx_packets of {ifname} (run inside its network namespace)")
+        })
 }
 
 fn af_packet(size: usize, run: Duration, tx: &str, rx: &str) {

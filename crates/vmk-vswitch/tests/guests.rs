@@ -88,6 +88,9 @@ struct Guest {
     thread: std::thread::JoinHandle<VmOutcome>,
 }
 
+/// Boots guest `name` on port group `pg` with address `ip`; it pings `peer` (giving up
+/// after `expect` tries) and then plays `role`.
+#[allow(clippy::too_many_arguments)]
 fn boot(
     sw: &VSwitch,
     macs: &mut MacAllocator,
