@@ -36,7 +36,10 @@ pub use bus::{MmioBus, SharedDevice};
 pub use plic::{context_for_hart, Plic, PlicSource, PLIC_MAX_CONTEXTS, PLIC_MAX_PRIORITY};
 pub use test_dev::{PowerRequest, PowerState, SifiveTest};
 pub use uart::{Uart, UartInput, UartStats, UART_RX_FIFO_LEN};
-pub use virtio::{BlockBackend, BlockConfig, RawFileBackend, VirtioBlk, VirtioDevice, VirtioMmio};
+pub use virtio::{
+    BlockBackend, BlockConfig, NetBackend, NetConfig, NetWaker, RawFileBackend, TxOutcome,
+    VirtioBlk, VirtioDevice, VirtioMmio, VirtioNet,
+};
 
 /// A memory-mapped device.
 pub trait MmioDevice: Send {

@@ -72,6 +72,8 @@ pub fn vm_config(def: &VmDefinition, console: Arc<dyn Console>) -> Result<VmConf
         console,
         disks: def.disks.iter().map(disk_spec).collect(),
         fault_on_console: def.test_fault_on_console.clone(),
+        // NICs need the host's vSwitches: the runtime attaches them (not `vmk run`).
+        nics: Vec::new(),
     })
 }
 

@@ -30,6 +30,7 @@ fn main() {
         cmdline,
         console: Arc::new(Stdout),
         disks: Vec::new(),
+        nics: Vec::new(),
         fault_on_console: None,
     })
     .unwrap_or_else(|e| {

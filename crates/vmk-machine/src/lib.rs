@@ -8,8 +8,8 @@ pub mod sbi;
 mod vm;
 
 pub use vm::{
-    Console, DiskSpec, DiskStats, VcpuStats, Vm, VmConfig, VmController, VmError, VmOutcome,
-    VmStats,
+    Console, DiskSpec, DiskStats, NicSpec, VcpuStats, Vm, VmConfig, VmController, VmError,
+    VmOutcome, VmStats,
 };
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use vmk_cpu::{
     Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
 };
+use vmk_devices::virtio::{NetBackend, NetConfig, NetWaker, VirtioNet};
 use vmk_devices::{
     BlockConfig, IrqLine, MmioBus, Plic, PowerRequest, PowerState, SifiveTest, Uart, UartInput,
     VirtioBlk, VirtioMmio,
@@ -72,6 +73,30 @@ pub struct DiskSpec {
     pub serial: Option<String>,
 }
 
+/// A virtual NIC to attach: a virtio-net device in front of `backend`, typically a
+/// `vmk_vswitch::VnicPort` (which gives the MAC and MTU the guest sees).
+pub struct NicSpec {
+    pub backend: Box<dyn NetBackend>,
+    /// Names the NIC's I/O thread and its bus entry, e.g. `web1-eth0`.
+    pub name: String,
+}
+
+impl std::fmt::Debug for NicSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.backend.mac();
+        f.debug_struct("NicSpec")
+            .field("name", &self.name)
+            .field(
+                "mac",
+                &format_args!(
+                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                ),
+            )
+            .finish()
+    }
+}
+
 pub struct VmConfig {
     pub cpus: u32,
     pub memory: u64,
@@ -81,6 +106,9 @@ pub struct VmConfig {
     pub console: Arc<dyn Console>,
     /// Disks, attached as virtio-blk devices in this order.
     pub disks: Vec<DiskSpec>,
+    /// NICs, attached as virtio-net devices in this order after the disks (the guest's
+    /// eth0, eth1, ...).
+    pub nics: Vec<NicSpec>,
     /// Test-only fault hook (debug builds): the UART model panics when the guest's console
     /// output contains this text, to show that a device-model bug ends only its own VM.
     /// Release builds refuse it ([`VmError::FaultInjectionUnavailable`]).
@@ -356,10 +384,11 @@ impl Vm {
         if cfg.fault_on_console.is_some() && !cfg!(debug_assertions) {
             return Err(VmError::FaultInjectionUnavailable);
         }
-        if cfg.disks.len() as u64 > VIRTIO_SLOTS {
+        if (cfg.disks.len() + cfg.nics.len()) as u64 > VIRTIO_SLOTS {
             return Err(VmError::Devices(format!(
-                "{} disks: a VM has at most {VIRTIO_SLOTS} virtio devices",
-                cfg.disks.len()
+                "{} disks and {} NICs: a VM has at most {VIRTIO_SLOTS} virtio devices in all",
+                cfg.disks.len(),
+                cfg.nics.len()
             )));
         }
         let mut backends = Vec::new();
@@ -438,7 +467,7 @@ impl Vm {
             bootargs: cfg.cmdline.clone(),
             initrd: initrd_range,
             timebase_hz: TIMEBASE_HZ as u32,
-            virtio: (0..backends.len() as u32)
+            virtio: (0..(backends.len() + cfg.nics.len()) as u32)
                 .map(|i| (virtio_base(i), virtio_irq(i)))
                 .collect(),
         })
@@ -559,6 +588,32 @@ impl Vm {
             )
             .map_err(dev_err)?;
             disks.push(dev);
+        }
+        // NICs take the slots after the disks.
+        let first_nic = disks.len();
+        for (i, nic) in cfg.nics.into_iter().enumerate() {
+            let slot = (first_nic + i) as u32;
+            let irq: Arc<dyn IrqLine> =
+                Arc::new(plic.source(virtio_irq(slot)).ok_or_else(|| {
+                    VmError::Devices(format!("no PLIC source {} for NIC {i}", virtio_irq(slot)))
+                })?);
+            let net = VirtioNet::new(nic.backend, NetConfig::default());
+            let dev = Arc::new(Mutex::new(VirtioMmio::new(net, mem.clone(), irq)));
+            bus.register(
+                &format!("virtio-net{i}"),
+                virtio_base(slot),
+                VIRTIO_STRIDE,
+                dev.clone(),
+            )
+            .map_err(dev_err)?;
+            // The I/O thread brings frames from other threads to the guest; it ends
+            // when the device does.
+            NetWaker::start(&dev, &format!("net-{}", nic.name)).map_err(|e| {
+                VmError::Devices(format!(
+                    "NIC {}: cannot start its I/O thread: {e}",
+                    nic.name
+                ))
+            })?;
         }
         bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
             .map_err(dev_err)?;

@@ -71,6 +71,7 @@ fn config(kernel: PathBuf, cpus: u32, memory: u64, console: Arc<Capture>) -> VmC
         cmdline: "hostile".into(),
         console,
         disks: Vec::new(),
+        nics: Vec::new(),
         fault_on_console: None,
     }
 }

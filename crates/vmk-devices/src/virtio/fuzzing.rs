@@ -144,14 +144,14 @@ const REGS: [u64; 26] = [
 
 /// The queue state the checks need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct QState {
-    ready: bool,
-    size: u64,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_avail: u16,
-    next_used: u16,
+pub(crate) struct QState {
+    pub(crate) ready: bool,
+    pub(crate) size: u64,
+    pub(crate) desc: u64,
+    pub(crate) avail: u64,
+    pub(crate) used: u64,
+    pub(crate) next_avail: u16,
+    pub(crate) next_used: u16,
 }
 
 struct Rig {
@@ -694,7 +694,7 @@ impl Rig {
     }
 }
 
-fn read_le(mem: &[u8], at: u64, n: usize) -> u64 {
+pub(crate) fn read_le(mem: &[u8], at: u64, n: usize) -> u64 {
     let mut v = 0u64;
     for i in (0..n).rev() {
         let b = usize::try_from(at)
@@ -729,7 +729,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 /// descriptor table and the indirect tables it points at. None if those overlap the
 /// structures the device reads (then the device can legitimately rewrite its own
 /// instructions and the check would be unsound).
-fn allowed_regions(mem: &[u8], q: &QState) -> Option<Vec<(u64, u64)>> {
+pub(crate) fn allowed_regions(mem: &[u8], q: &QState) -> Option<Vec<(u64, u64)>> {
     let size = q.size.clamp(1, 32768);
     let used = (q.used, 6 + 8 * size);
     let mut read_only = vec![(q.desc, 16 * size), (q.avail, 6 + 2 * size)];
@@ -760,7 +760,7 @@ fn allowed_regions(mem: &[u8], q: &QState) -> Option<Vec<(u64, u64)>> {
     Some(writable)
 }
 
-fn in_regions(regions: &[(u64, u64)], addr: u64) -> bool {
+pub(crate) fn in_regions(regions: &[(u64, u64)], addr: u64) -> bool {
     regions.iter().any(|&(a, l)| addr >= a && addr - a < l)
 }
 

@@ -9,6 +9,8 @@
 //!   INDIRECT, `VIRTIO_F_EVENT_IDX`, free-running 16-bit indices.
 //! - [`VirtioBlk`] is the block device (device id 2) over a [`BlockBackend`];
 //!   [`RawFileBackend`] is a raw image file or host block device.
+//! - [`VirtioNet`] is the network device (device id 1) over a [`NetBackend`] (a vSwitch
+//!   port); [`NetWaker`] brings frames that arrive on other threads to the guest.
 //!
 //! # Wiring a device into a machine
 //!
@@ -67,10 +69,14 @@
 
 pub mod blk;
 mod mmio;
+pub mod net;
 pub mod queue;
 
 pub mod fuzzing;
+pub mod net_fuzzing;
 
+#[cfg(test)]
+mod net_tests;
 #[cfg(test)]
 mod tests;
 
@@ -78,6 +84,10 @@ pub use blk::{
     BlkStats, BlockBackend, BlockConfig, RawFileBackend, VecBackend, VirtioBlk, VIRTIO_BLK_ID_BYTES,
 };
 pub use mmio::{VirtioMmio, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION};
+pub use net::{
+    NetBackend, NetConfig, NetStats, NetWaker, RxNotify, SharedNet, TxOutcome, VirtioNet,
+    NET_HDR_LEN,
+};
 pub use queue::{Descriptor, DescriptorChain, GuestBuffers, Queue, MAX_QUEUE_SIZE};
 
 use vmk_memory::GuestMemory;
