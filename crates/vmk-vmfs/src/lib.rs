@@ -1,0 +1,1 @@
+//! vmk-vmfs (being written).
