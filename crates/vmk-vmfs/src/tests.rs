@@ -1,0 +1,177 @@
+//! Single-process tests on a volume in memory.
+
+use crate::*;
+
+pub(crate) fn quick_opts() -> CreateOptions {
+    CreateOptions {
+        label: "test".into(),
+        block_size: 1 << 20,
+        renew_ms: 50,
+        lease_timeout_ms: 400,
+        io_timeout_ms: 20,
+    }
+}
+
+pub(crate) fn new_volume(size: usize) -> MemDevice {
+    let dev = MemDevice::new(size);
+    Datastore::create(Box::new(dev.clone()), &quick_opts()).unwrap();
+    dev
+}
+
+pub(crate) fn mount(dev: &MemDevice, host: u32) -> Datastore {
+    Datastore::mount(
+        Box::new(dev.clone()),
+        &MountOptions {
+            host_id: Some(host),
+            sync: true,
+            who: format!("test host {host}"),
+        },
+    )
+    .unwrap()
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
+#[test]
+fn create_mount_write_read_remove() {
+    let dev = new_volume(128 << 20);
+    let ds = mount(&dev, 1);
+    let before = ds.df().unwrap();
+    ds.mkdir("/vm1").unwrap();
+    assert!(matches!(ds.mkdir("/vm1"), Err(VmfsError::AlreadyExists(_))));
+    // small file
+    let mut f = ds
+        .create_file("/vm1/small", &FileOptions::default())
+        .unwrap();
+    f.write_at(b"hello world", 0).unwrap();
+    f.close().unwrap();
+    let mut f = ds.open_file("/vm1/small", LockMode::SharedRead).unwrap();
+    let mut b = [0u8; 64];
+    assert_eq!(f.read_at(&mut b, 0).unwrap(), 11);
+    assert_eq!(&b[..11], b"hello world");
+    drop(f);
+    // large file crossing from sub-block to blocks, with holes
+    let data = pattern(1, 3 << 20);
+    let mut f = ds
+        .create_file("/vm1/disk.vmdk", &FileOptions::default())
+        .unwrap();
+    f.write_at(&data[..1000], 0).unwrap();
+    f.write_at(&data[1000..], 1000).unwrap();
+    f.write_at(&data[..5000], (9 << 20) + 77).unwrap();
+    assert_eq!(f.len(), (9 << 20) + 77 + 5000);
+    f.close().unwrap();
+    let mut f = ds
+        .open_file("/vm1/disk.vmdk", LockMode::SharedRead)
+        .unwrap();
+    let mut got = vec![0u8; f.len() as usize];
+    assert_eq!(f.read_at(&mut got, 0).unwrap(), got.len());
+    assert_eq!(&got[..data.len()], &data[..]);
+    assert!(got[data.len()..(9 << 20) + 77].iter().all(|&x| x == 0));
+    assert_eq!(&got[(9 << 20) + 77..], &data[..5000]);
+    let st = f.stat().unwrap();
+    assert_eq!(
+        st.allocated,
+        4 << 20,
+        "3 data blocks + 1 at 9 MiB (thin, preallocation given back)"
+    );
+    drop(f);
+    // truncate and regrow reads zeros
+    let mut f = ds.open_file("/vm1/disk.vmdk", LockMode::Exclusive).unwrap();
+    f.set_len(1500).unwrap();
+    f.set_len(3 << 20).unwrap();
+    let mut got = vec![0u8; 3 << 20];
+    f.read_at(&mut got, 0).unwrap();
+    assert_eq!(&got[..1500], &data[..1500]);
+    assert!(got[1500..].iter().all(|&x| x == 0));
+    f.close().unwrap();
+    let names: Vec<_> = ds
+        .list("/vm1")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec!["disk.vmdk", "small"]);
+    assert!(matches!(
+        ds.remove("/vm1"),
+        Err(VmfsError::DirectoryNotEmpty(_))
+    ));
+    ds.remove("/vm1/disk.vmdk").unwrap();
+    ds.remove("/vm1/small").unwrap();
+    ds.remove("/vm1").unwrap();
+    // Everything is back except the root directory's first page (directories do not shrink).
+    let after = ds.df().unwrap();
+    assert_eq!(
+        after,
+        Usage {
+            free_sub_blocks: before.free_sub_blocks - 1,
+            ..before
+        }
+    );
+    ds.unmount().unwrap();
+    let report = fsck::check(Box::new(dev.clone()), &fsck::FsckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn big_directory_and_eager_files() {
+    let dev = new_volume(256 << 20);
+    let ds = mount(&dev, 3);
+    ds.mkdir("/d").unwrap();
+    for i in 0..600 {
+        ds.create_file(&format!("/d/f{i}"), &FileOptions::default())
+            .unwrap()
+            .close()
+            .unwrap();
+    }
+    assert_eq!(ds.list("/d").unwrap().len(), 600);
+    let f = ds
+        .create_file(
+            "/e",
+            &FileOptions {
+                size: 5 << 20,
+                eager_zeroed: true,
+            },
+        )
+        .unwrap();
+    assert_eq!(f.stat().unwrap().allocated, 5 << 20);
+    f.close().unwrap();
+    let mut m = ds.open_file("/e", LockMode::MultiWriter).unwrap();
+    // Same host, same process: the lock is already held by this process.
+    assert!(ds.open_file("/e", LockMode::MultiWriter).is_err());
+    m.write_at(b"xyz", 4 << 20).unwrap();
+    assert!(
+        m.write_at(b"xyz", 5 << 20).is_err(),
+        "multi-writer cannot grow"
+    );
+    drop(m);
+    for i in (0..600).step_by(2) {
+        ds.remove(&format!("/d/f{i}")).unwrap();
+    }
+    assert_eq!(ds.list("/d").unwrap().len(), 300);
+    ds.unmount().unwrap();
+    let report = fsck::check(Box::new(dev.clone()), &fsck::FsckOptions::default()).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let dev = new_volume(64 << 20);
+    let ds = mount(&dev, 1);
+    for bad in ["/a/../b", "/x\u{1}y", &"n".repeat(200)] {
+        assert!(
+            matches!(ds.mkdir(bad), Err(VmfsError::InvalidName { .. })),
+            "{bad}"
+        );
+    }
+    assert!(matches!(ds.mkdir("/no/such"), Err(VmfsError::NotFound(_))));
+}
