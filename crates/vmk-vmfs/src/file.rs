@@ -18,7 +18,7 @@ use crate::fs::{Inner, PtrCache, Res, Stat};
 use crate::paxos::Held;
 
 /// Blocks allocated ahead of a write that extends a file.
-pub const PREALLOC: u64 = 32;
+pub const PREALLOC: u64 = 16;
 /// Most blocks allocated or freed in one transaction.
 const CHUNK: usize = 96;
 /// Commit lazily changed pointer pages when this many are dirty.
@@ -343,6 +343,7 @@ impl VmfsFile {
         if holes.is_empty() {
             return Ok(());
         }
+        let required = holes.len();
         if !eager && last + 1 >= self.ino.size.div_ceil(bs) {
             let max_fb = self.ds.vol.geo.max_file_size() / bs;
             for fb in last + 1..(last + 1 + PREALLOC).min(max_fb) {
@@ -351,10 +352,27 @@ impl VmfsFile {
                 }
             }
         }
+        let mut r = Ok(());
         for chunk in holes.chunks(CHUNK) {
-            self.alloc_chunk(chunk, eager)?;
+            r = self.alloc_chunk(chunk, eager);
+            if r.is_err() {
+                break;
+            }
         }
-        Ok(())
+        if let (Err(VmfsError::NoSpace { .. }), true) = (&r, holes.len() > required) {
+            // Not enough room to allocate ahead: just what this write needs.
+            let mut need = Vec::new();
+            for &fb in &holes[..required] {
+                if self.ds.ptr_entry(&self.ino, fb, &mut self.cache)?.is_none() {
+                    need.push(fb);
+                }
+            }
+            for chunk in need.chunks(CHUNK) {
+                self.alloc_chunk(chunk, eager)?;
+            }
+            return Ok(());
+        }
+        r
     }
 
     fn alloc_chunk(&mut self, fbs: &[u64], eager: bool) -> Result<()> {

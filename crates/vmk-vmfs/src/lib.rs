@@ -25,6 +25,7 @@ mod fs;
 pub mod fsck;
 pub mod fuzzing;
 mod lease;
+mod nbd;
 mod paxos;
 mod volume;
 
@@ -36,5 +37,6 @@ pub use fs::{
     VolumeInfo,
 };
 pub use fsck::{Finding, FsckReport};
+pub use nbd::NbdDevice;
 #[cfg(test)]
 mod tests;

@@ -264,6 +264,7 @@ impl Volume {
         };
         self.write(j, &desc.encode(j))?;
         self.flush()?;
+        test_kill_point();
         for (o, p) in &txn.pages {
             self.write(*o, p)?;
         }
@@ -295,6 +296,31 @@ impl Txn {
             p.1 = img;
         } else {
             self.pages.push((off, img));
+        }
+    }
+}
+
+/// Test hook (debug builds only): `VMFS_TEST_KILL_AT_COMMIT=N` kills this process with
+/// SIGKILL right after the Nth transaction is committed to the journal and before any of
+/// it is written in place, the worst moment for a crash.
+fn test_kill_point() {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::AtomicU64;
+        static COMMITS: AtomicU64 = AtomicU64::new(0);
+        static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let at = AT.get_or_init(|| {
+            std::env::var("VMFS_TEST_KILL_AT_COMMIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        });
+        if let Some(at) = at {
+            if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == *at {
+                // SAFETY: kill(2) on our own pid; no memory is touched.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+            }
         }
     }
 }
