@@ -35,7 +35,7 @@ impl Default for CreateOptions {
             block_size: 1 << 20,
             renew_ms: 2000,
             lease_timeout_ms: 16000,
-            io_timeout_ms: 2000,
+            io_timeout_ms: 1000,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `Args`) type and a `run` function; `main` only parses and dispatches. Add `run`, `disk`,
 //! `host`, `vm`, ... as further variants of [`Command`].
 
+mod datastore;
 mod disk;
 mod image;
 mod run;
@@ -38,6 +39,9 @@ enum Command {
     ///
     /// Exits with the guest's exit status (the image's init script) when it powers off.
     Run(run::RunArgs),
+    /// VMFS-style datastores shared by up to 32 hosts: create, info, ls, cp, rm, mkdir, df, fsck.
+    #[command(subcommand)]
+    Datastore(datastore::DatastoreCommand),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd).map(|()| 0),
+        Command::Datastore(cmd) => datastore::run(cmd).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
