@@ -39,4 +39,6 @@ pub use fs::{
 pub use fsck::{Finding, FsckReport};
 pub use nbd::NbdDevice;
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;

@@ -127,13 +127,13 @@ fn big_directory_and_eager_files() {
     let dev = new_volume(256 << 20);
     let ds = mount(&dev, 3);
     ds.mkdir("/d").unwrap();
-    for i in 0..600 {
+    for i in 0..520 {
         ds.create_file(&format!("/d/f{i}"), &FileOptions::default())
             .unwrap()
             .close()
             .unwrap();
     }
-    assert_eq!(ds.list("/d").unwrap().len(), 600);
+    assert_eq!(ds.list("/d").unwrap().len(), 520);
     let f = ds
         .create_file(
             "/e",
@@ -154,10 +154,10 @@ fn big_directory_and_eager_files() {
         "multi-writer cannot grow"
     );
     drop(m);
-    for i in (0..600).step_by(2) {
+    for i in (0..520).step_by(2) {
         ds.remove(&format!("/d/f{i}")).unwrap();
     }
-    assert_eq!(ds.list("/d").unwrap().len(), 300);
+    assert_eq!(ds.list("/d").unwrap().len(), 260);
     ds.unmount().unwrap();
     let report = fsck::check(Box::new(dev.clone()), &fsck::FsckOptions::default()).unwrap();
     assert!(report.is_clean(), "{report}");
