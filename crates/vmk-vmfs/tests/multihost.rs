@@ -336,3 +336,53 @@ fn two_hosts_race_to_open_for_write() {
     );
     fsck_clean(&img);
 }
+
+/// The stress test, shorter, over a `qemu-nbd --shared` export (the hosts talk NBD over a
+/// Unix socket; qemu-nbd is the one cache they share). Skipped when qemu-nbd is missing.
+#[test]
+fn stress_over_nbd() {
+    if Command::new("qemu-nbd").arg("--version").output().is_err() {
+        eprintln!("qemu-nbd not installed: skipped");
+        return;
+    }
+    let hosts = 8u32;
+    let dir = tempfile::tempdir().unwrap();
+    let img = new_volume(dir.path(), 1 << 30);
+    let sock = dir.path().join("nbd.sock");
+    let mut server = Command::new("qemu-nbd")
+        .args([
+            "-f",
+            "raw",
+            "--persistent",
+            "--shared",
+            &(hosts + 2).to_string(),
+            "-k",
+        ])
+        .arg(&sock)
+        .arg(&img)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spec = format!("nbd+unix:{}", sock.display());
+    stress(&spec, hosts, secs(3), dir.path());
+    // Check through NBD too, then through the file (qemu-nbd has written everything back).
+    let r = fsck::check(
+        Box::new(vmk_vmfs::NbdDevice::connect_unix(&sock, "").unwrap()),
+        &FsckOptions::default(),
+    )
+    .unwrap();
+    assert!(r.is_clean(), "{r}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    fsck_clean(&img);
+    verify_manifests(&img, hosts, dir.path());
+}
