@@ -4,6 +4,7 @@
 //! `Args`) type and a `run` function; `main` only parses and dispatches. Add `run`, `disk`,
 //! `host`, `vm`, ... as further variants of [`Command`].
 
+mod datastore;
 mod disk;
 mod host;
 mod image;
@@ -47,6 +48,9 @@ enum Command {
     Host(host::HostCommand),
     /// The host's VMs: create, list, info, start, stop, poweroff, reset, delete, console, top.
     Vm(vm::VmArgs),
+    /// VMFS-style datastores shared by up to 32 hosts: create, info, ls, cp, rm, mkdir, df, fsck.
+    #[command(subcommand)]
+    Datastore(datastore::DatastoreCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Disk(cmd) => disk::run(cmd).map(|()| 0),
         Command::Host(cmd) => host::run(cmd).map(|()| 0),
         Command::Vm(args) => vm::run(args).map(|()| 0),
+        Command::Datastore(cmd) => datastore::run(cmd).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -1,0 +1,1408 @@
+//! The file system: [`Datastore`] (volume-wide operations) and the short metadata
+//! operations it is made of ([`Op`]): take the locks, read fresh metadata, change it in one
+//! journal transaction, release.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::device::{BlockDevice, Dev};
+use crate::error::{corrupt, LockMode, Result, VmfsError};
+use crate::file::{FileOptions, VmfsFile};
+use crate::format::*;
+use crate::lease::{self, Heartbeat, HostState, Liveness};
+use crate::paxos::{Held, Locks};
+use crate::volume::{Fence, Txn, Volume};
+
+/// Parameters of a new volume.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    pub label: String,
+    /// 1, 2, 4 or 8 MiB.
+    pub block_size: u64,
+    /// How often a host renews its heartbeat.
+    pub renew_ms: u32,
+    /// A host whose heartbeat has not changed for this long is dead.
+    pub lease_timeout_ms: u32,
+    /// The longest a single I/O may take (the fencing margin).
+    pub io_timeout_ms: u32,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            label: "datastore".into(),
+            block_size: 1 << 20,
+            renew_ms: 2000,
+            lease_timeout_ms: 16000,
+            io_timeout_ms: 1000,
+        }
+    }
+}
+
+/// How this host mounts a volume.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// 1..=32; `None` picks the first slot that is free or cleanly unmounted.
+    pub host_id: Option<u32>,
+    /// fdatasync at every journal commit point and on [`VmfsFile::flush`]. Turning it off
+    /// survives a process crash (the page cache keeps what was written) but not a power loss.
+    pub sync: bool,
+    /// Shown to other hosts (`info`).
+    pub who: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            host_id: None,
+            sync: true,
+            who: default_who(),
+        }
+    }
+}
+
+fn default_who() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{} pid {}", host.trim(), std::process::id())
+}
+
+/// What `info` shows.
+#[derive(Clone, Debug)]
+pub struct VolumeInfo {
+    pub uuid: String,
+    pub label: String,
+    pub version: u32,
+    pub created: String,
+    pub volume_size: u64,
+    pub block_size: u64,
+    pub sub_block_size: u64,
+    pub resource_clusters: u32,
+    pub blocks: u64,
+    pub sub_blocks: u64,
+    pub inodes: u64,
+    pub max_file_size: u64,
+    pub renew_ms: u32,
+    pub lease_timeout_ms: u32,
+    pub io_timeout_ms: u32,
+}
+
+/// Space use (`df`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub sub_blocks: u64,
+    pub free_sub_blocks: u64,
+    pub inodes: u64,
+    pub free_inodes: u64,
+    pub block_size: u64,
+}
+
+/// A heartbeat slot as seen by this host.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    pub host: u32,
+    pub state: &'static str,
+    pub generation: u64,
+    pub who: String,
+    pub last_renewal: String,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirListing {
+    pub name: String,
+    pub stat: Stat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub inum: u32,
+    pub is_dir: bool,
+    pub size: u64,
+    /// Bytes of blocks and sub-blocks allocated to the data.
+    pub allocated: u64,
+    pub eager_zeroed: bool,
+    pub mtime_ms: u64,
+}
+
+pub(crate) struct Host {
+    pub id: u32,
+    pub locks: Locks,
+    pub live: Arc<Liveness>,
+    pub fence: Arc<Fence>,
+    hb: Mutex<Option<Heartbeat>>,
+    instance: [u8; 16],
+    who: String,
+}
+
+pub(crate) struct Inner {
+    pub vol: Arc<Volume>,
+    pub host: Option<Host>,
+    /// The journal holds one transaction at a time: commits are serialized per host.
+    seq: Mutex<u64>,
+}
+
+/// A mounted datastore. Cheap to share between threads (`&self` everywhere).
+pub struct Datastore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Splits a datastore path (`/dir/name`, `dir/name`) into checked components.
+pub fn parse_path(path: &str) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for c in path.split('/') {
+        if c.is_empty() || c == "." {
+            continue;
+        }
+        check_name(c).map_err(|reason| VmfsError::InvalidName {
+            name: c.to_string(),
+            reason,
+        })?;
+        v.push(c.to_string());
+    }
+    Ok(v)
+}
+
+impl Datastore {
+    /// Formats `dev` as a new volume (all of it). Everything on it is lost.
+    pub fn create(dev: Box<dyn BlockDevice>, opts: &CreateOptions) -> Result<VolumeInfo> {
+        if opts.label.len() > LABEL_MAX || opts.label.contains('\0') {
+            return Err(VmfsError::Invalid(format!(
+                "label {:?} is longer than {LABEL_MAX} bytes",
+                opts.label
+            )));
+        }
+        let dev = Dev { inner: dev };
+        let geo = Geometry::plan(dev.size(), opts.block_size)?;
+        let hdr = VolumeHeader {
+            uuid: *uuid::Uuid::new_v4().as_bytes(),
+            label: opts.label.clone(),
+            created_ms: now_ms(),
+            renew_ms: opts.renew_ms,
+            lease_timeout_ms: opts.lease_timeout_ms,
+            io_timeout_ms: opts.io_timeout_ms,
+            geo: geo.clone(),
+        };
+        let enc = hdr.encode();
+        // Validates the timeouts the same way a mount will.
+        VolumeHeader::decode(&enc, dev.size())?;
+        // First make the old header unrecognizable, so a crash during create leaves no
+        // half-new volume that mounts.
+        dev.write(&vec![0u8; PAGE], 0)?;
+        dev.flush()?;
+        // Zero every structure that "all zeros" means "empty" for: heartbeat, journals,
+        // locks, inodes. Old contents (a previous volume) must not pass for live records.
+        let zero = vec![0u8; 1 << 20];
+        let zero_range = |start: u64, end: u64| -> Result<()> {
+            let mut o = start;
+            while o < end {
+                let n = ((end - o) as usize).min(zero.len());
+                dev.write(&zero[..n], o)?;
+                o += n as u64;
+            }
+            Ok(())
+        };
+        zero_range(PAGE as u64, geo.journal_off)?;
+        for h in 1..=MAX_HOSTS {
+            zero_range(geo.journal(h), geo.journal(h) + 2 * PAGE as u64)?;
+        }
+        zero_range(geo.lock_off, geo.map_off)?;
+        zero_range(geo.inode_off, geo.sub_off)?;
+        for c in 0..geo.nclusters {
+            let mut m = ClusterMap::new(c);
+            if c == 0 {
+                // Block 0, sub-block 0 and inode 0 are never used (0 means "none"); inode 1
+                // is the root directory.
+                set_bit(&mut m.blocks, 0, true);
+                set_bit(&mut m.subs, 0, true);
+                set_bit(&mut m.inodes, 0, true);
+                set_bit(&mut m.inodes, ROOT_INODE as usize, true);
+            }
+            dev.write(&m.encode(&geo), geo.map(c))?;
+        }
+        let now = now_ms();
+        let root = Inode {
+            kind: Kind::Dir,
+            generation: 1,
+            nlink: 1,
+            ctime_ms: now,
+            mtime_ms: now,
+            parent: ROOT_INODE,
+            ..Inode::free(ROOT_INODE, 1)
+        };
+        dev.write(&root.encode(&geo), geo.inode(ROOT_INODE))?;
+        dev.flush()?;
+        dev.write(&enc, 0)?;
+        dev.flush()?;
+        Ok(info_of(&hdr))
+    }
+
+    fn open_volume(
+        dev: Box<dyn BlockDevice>,
+        sync: bool,
+        fence: Option<Arc<Fence>>,
+    ) -> Result<Volume> {
+        let dev = Dev { inner: dev };
+        let mut b = vec![0u8; PAGE];
+        if dev.size() < PAGE as u64 {
+            return Err(VmfsError::NotVmfs(format!(
+                "{} is smaller than a volume header",
+                dev.name()
+            )));
+        }
+        dev.read(&mut b, 0)?;
+        let hdr = VolumeHeader::decode(&b, dev.size())?;
+        let geo = hdr.geo.clone();
+        Ok(Volume {
+            dev,
+            hdr,
+            geo,
+            sync,
+            fence,
+        })
+    }
+
+    /// Opens a volume without joining it: no heartbeat, no locks, no writes. Reads are
+    /// lock-free (what another host is changing right now may look inconsistent).
+    pub fn open_read_only(dev: Box<dyn BlockDevice>) -> Result<Datastore> {
+        let vol = Self::open_volume(dev, false, None)?;
+        Ok(Datastore {
+            inner: Arc::new(Inner {
+                vol: Arc::new(vol),
+                host: None,
+                seq: Mutex::new(0),
+            }),
+        })
+    }
+
+    /// Joins the volume as a host: takes a heartbeat slot (waits up to the lease timeout if
+    /// the slot looks in use), replays this host ID's journal, starts renewing.
+    pub fn mount(dev: Box<dyn BlockDevice>, opts: &MountOptions) -> Result<Datastore> {
+        let probe = Self::open_volume(dev, opts.sync, None)?;
+        let candidates: Vec<u32> = match opts.host_id {
+            Some(h) if (1..=MAX_HOSTS).contains(&h) => vec![h],
+            Some(h) => return Err(VmfsError::Invalid(format!("host ID {h} is not in 1..=32"))),
+            None => {
+                let mut v = Vec::new();
+                for h in 1..=MAX_HOSTS {
+                    if let Ok(s) = lease::read_slot(&probe, h) {
+                        if s.state != HB_LIVE {
+                            v.push(h);
+                        }
+                    }
+                }
+                v
+            }
+        };
+        let mut vol = probe;
+        for &h in &candidates {
+            let fence = Arc::new(Fence::new(h));
+            vol.fence = Some(fence.clone());
+            match lease::acquire_slot(&vol, h, &opts.who, &fence) {
+                Ok((gen, instance)) => {
+                    return Self::finish_mount(vol, h, gen, instance, fence, &opts.who)
+                }
+                Err(VmfsError::HostIdInUse { .. }) if opts.host_id.is_none() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(VmfsError::NoFreeHostId)
+    }
+
+    fn finish_mount(
+        vol: Volume,
+        h: u32,
+        gen: u64,
+        instance: [u8; 16],
+        fence: Arc<Fence>,
+        who: &str,
+    ) -> Result<Datastore> {
+        let vol = Arc::new(vol);
+        let live = Arc::new(Liveness::new(vol.hdr.lease_timeout_ms));
+        live.scan(&vol)?;
+        let hb = Heartbeat::start(vol.clone(), fence.clone(), live.clone(), h, gen, instance);
+        let locks = Locks::new(vol.clone(), h, gen, live.clone());
+        // Our own journal: a previous instance of this host ID may have died mid-commit.
+        // Another host may be replaying it right now (it found that instance dead), so take
+        // the journal lock, waiting for them.
+        let wait = Duration::from_millis(vol.hdr.lease_timeout_ms as u64 * 3);
+        let held = match locks.acquire_wait(LockId::Journal(h), LockMode::Exclusive, wait)? {
+            Ok(held) => held,
+            Err(b) => {
+                return Err(VmfsError::Locked {
+                    what: format!("the journal of host {h}"),
+                    host: b.owner,
+                    mode: b.mode,
+                    since: fmt_time(b.since_ms),
+                })
+            }
+        };
+        vol.replay(h, h)?;
+        locks.release(&held)?;
+        let seq = vol.journal_seq(h)?;
+        let host = Host {
+            id: h,
+            locks,
+            live,
+            fence,
+            hb: Mutex::new(Some(hb)),
+            instance,
+            who: who.to_string(),
+        };
+        Ok(Datastore {
+            inner: Arc::new(Inner {
+                vol,
+                host: Some(host),
+                seq: Mutex::new(seq),
+            }),
+        })
+    }
+
+    /// The host ID this datastore is mounted as (`None` when read-only).
+    pub fn host_id(&self) -> Option<u32> {
+        self.inner.host.as_ref().map(|h| h.id)
+    }
+
+    /// Leaves the volume: marks the heartbeat slot cleanly unmounted. Files must be closed
+    /// first (open ones keep their locks until the lease times out).
+    pub fn unmount(self) -> Result<()> {
+        self.inner.unmount()
+    }
+
+    pub fn info(&self) -> VolumeInfo {
+        info_of(&self.inner.vol.hdr)
+    }
+
+    /// The heartbeat slots, with this host's view of their liveness.
+    pub fn hosts(&self) -> Result<Vec<HostInfo>> {
+        let vol = &self.inner.vol;
+        let mut v = Vec::new();
+        for h in 1..=MAX_HOSTS {
+            let s = match lease::read_slot(vol, h) {
+                Ok(s) => s,
+                Err(e) => {
+                    v.push(HostInfo {
+                        host: h,
+                        state: "corrupt",
+                        generation: 0,
+                        who: e.to_string(),
+                        last_renewal: String::new(),
+                    });
+                    continue;
+                }
+            };
+            if s.state == HB_EMPTY {
+                continue;
+            }
+            let state = match (&self.inner.host, s.state) {
+                (_, HB_CLEAN) => "unmounted",
+                (Some(me), _) if me.id == h => "alive (this host)",
+                (Some(me), _) => match me.live.state(h, s.generation) {
+                    HostState::Alive => "alive",
+                    HostState::Unknown => "mounted (liveness not known yet)",
+                    HostState::Dead => "dead (heartbeat stopped)",
+                    HostState::Gone => "gone",
+                },
+                (None, _) => "mounted",
+            };
+            v.push(HostInfo {
+                host: h,
+                state,
+                generation: s.generation,
+                who: s.who,
+                last_renewal: fmt_time(s.wall_ms),
+            });
+        }
+        Ok(v)
+    }
+
+    pub fn df(&self) -> Result<Usage> {
+        let vol = &self.inner.vol;
+        let g = &vol.geo;
+        let mut u = Usage {
+            blocks: g.nblocks(),
+            sub_blocks: g.nsubs(),
+            inodes: g.ninodes(),
+            block_size: g.block_size,
+            ..Default::default()
+        };
+        for c in 0..g.nclusters {
+            let m = vol.read_map(c)?;
+            u.free_blocks += ClusterMap::count(&m.blocks, g.bpc) as u64;
+            u.free_sub_blocks += ClusterMap::count(&m.subs, g.spc) as u64;
+            u.free_inodes += ClusterMap::count(&m.inodes, g.ipc) as u64;
+        }
+        Ok(u)
+    }
+
+    pub fn stat(&self, path: &str) -> Result<Stat> {
+        let ino = self.inner.resolve(path)?;
+        self.inner.stat_of(&ino)
+    }
+
+    pub fn list(&self, path: &str) -> Result<Vec<DirListing>> {
+        let dir = self.inner.resolve(path)?;
+        if dir.kind != Kind::Dir {
+            return Err(VmfsError::NotADirectory(path.to_string()));
+        }
+        let mut v = Vec::new();
+        for (_, _, e) in self.inner.read_dir(&dir)? {
+            // An entry whose inode is being created or deleted right now is skipped.
+            let Ok(ino) = self.inner.vol.read_inode(e.inum) else {
+                continue;
+            };
+            if ino.kind == Kind::Free || ino.generation != e.generation {
+                continue;
+            }
+            v.push(DirListing {
+                name: e.name,
+                stat: self.inner.stat_of(&ino)?,
+            });
+        }
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    pub fn mkdir(&self, path: &str) -> Result<()> {
+        self.inner.create_node(path, Kind::Dir, false).map(|_| ())
+    }
+
+    /// Creates every missing directory of `path`.
+    pub fn mkdir_all(&self, path: &str) -> Result<()> {
+        let comps = parse_path(path)?;
+        let mut p = String::new();
+        for c in comps {
+            p.push('/');
+            p.push_str(&c);
+            match self.mkdir(&p) {
+                Ok(()) | Err(VmfsError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a file and opens it exclusively. `opts.size` bytes are allocated and zeroed
+    /// now for an eager-zeroed file; a thin file gets its blocks on first write.
+    pub fn create_file(&self, path: &str, opts: &FileOptions) -> Result<VmfsFile> {
+        let (inum, held) = self
+            .inner
+            .create_node(path, Kind::File, opts.eager_zeroed)?;
+        let Some(held) = held else {
+            return Err(VmfsError::ReadOnly);
+        };
+        let ino = self.inner.vol.read_inode(inum)?;
+        let mut f = VmfsFile::new(
+            self.inner.clone(),
+            path.to_string(),
+            ino,
+            Some(held),
+            LockMode::Exclusive,
+        );
+        if opts.size > 0 {
+            if let Err(e) = f.set_len(opts.size) {
+                let _ = f.close();
+                let _ = self.remove(path);
+                return Err(e);
+            }
+        }
+        Ok(f)
+    }
+
+    /// Opens a file: [`LockMode::Exclusive`] to write (one host at a time),
+    /// [`LockMode::SharedRead`] to read (many hosts), [`LockMode::MultiWriter`] for
+    /// cooperating writers of an eager-zeroed file. A conflict is [`VmfsError::Locked`].
+    pub fn open_file(&self, path: &str, mode: LockMode) -> Result<VmfsFile> {
+        let inner = &self.inner;
+        let ino = inner.resolve(path)?;
+        if ino.kind == Kind::Dir {
+            return Err(VmfsError::IsADirectory(path.to_string()));
+        }
+        let Some(host) = &inner.host else {
+            if mode != LockMode::SharedRead {
+                return Err(VmfsError::ReadOnly);
+            }
+            return Ok(VmfsFile::new(
+                inner.clone(),
+                path.to_string(),
+                ino,
+                None,
+                mode,
+            ));
+        };
+        if mode == LockMode::MultiWriter && ino.flags & FLAG_EAGER == 0 {
+            return Err(VmfsError::Invalid(format!(
+                "{path}: multi-writer opens need an eager-zeroed file (writers must not allocate)"
+            )));
+        }
+        // Someone registering a shared mode holds the leader for a moment: wait that out.
+        let held = match host.locks.acquire_wait(
+            LockId::Inode(ino.inum),
+            mode,
+            Duration::from_millis(0),
+        )? {
+            Ok(h) => h,
+            Err(b) if b.transient => match host.locks.acquire_wait(
+                LockId::Inode(ino.inum),
+                mode,
+                Duration::from_millis(500),
+            )? {
+                Ok(h) => h,
+                Err(b) => return Err(locked(path, &b)),
+            },
+            Err(b) => return Err(locked(path, &b)),
+        };
+        // Re-read under the lock: the file may have been deleted (and the inode reused) since
+        // the lookup.
+        let check = || -> Result<Inode> {
+            let now = inner.vol.read_inode(ino.inum)?;
+            if now.kind != Kind::File || now.generation != ino.generation {
+                return Err(VmfsError::NotFound(path.to_string()));
+            }
+            Ok(now)
+        };
+        match check() {
+            Ok(now) => Ok(VmfsFile::new(
+                inner.clone(),
+                path.to_string(),
+                now,
+                Some(held),
+                mode,
+            )),
+            Err(e) => {
+                let _ = host.locks.release(&held);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a file (blocks freed) or an empty directory. A file opened by another live
+    /// host is [`VmfsError::Locked`].
+    pub fn remove(&self, path: &str) -> Result<()> {
+        let inner = &self.inner;
+        let ino = inner.resolve(path)?;
+        if parse_path(path)?.is_empty() {
+            return Err(VmfsError::Invalid(
+                "the root directory cannot be removed".into(),
+            ));
+        }
+        if ino.kind == Kind::File {
+            let mut f = self.open_file(path, LockMode::Exclusive)?;
+            f.set_len(0)?;
+            f.flush()?;
+            let held = f.take_lock();
+            let r = inner.unlink(path, ino.inum, ino.generation);
+            if let (Some(h), Some(host)) = (held, &inner.host) {
+                // After unlink the inode may already be reused by someone; releasing our
+                // lease on it is still right (we own that version).
+                let _ = host.locks.release(&h);
+            }
+            r
+        } else {
+            inner.unlink(path, ino.inum, ino.generation)
+        }
+    }
+
+    /// Breaks into a dead host's state now rather than when one of its locks is needed:
+    /// replays its journal. Fails if the host is not known to be dead.
+    pub fn recover_host(&self, host: u32) -> Result<()> {
+        let me = self.inner.host()?;
+        let s = lease::read_slot(&self.inner.vol, host)?;
+        match me.live.state(host, s.generation) {
+            HostState::Dead | HostState::Gone => me.locks.recover_host(host, s.generation),
+            st => Err(VmfsError::Invalid(format!(
+                "host {host} is not dead ({st:?})"
+            ))),
+        }
+    }
+}
+
+impl Drop for Datastore {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.inner) == 1 {
+            let _ = self.inner.unmount();
+        }
+    }
+}
+
+fn locked(path: &str, b: &crate::paxos::Busy) -> VmfsError {
+    VmfsError::Locked {
+        what: path.to_string(),
+        host: b.owner,
+        mode: b.mode,
+        since: fmt_time(b.since_ms),
+    }
+}
+
+fn info_of(h: &VolumeHeader) -> VolumeInfo {
+    let g = &h.geo;
+    VolumeInfo {
+        uuid: uuid::Uuid::from_bytes(h.uuid).to_string(),
+        label: h.label.clone(),
+        version: VERSION,
+        created: fmt_time(h.created_ms),
+        volume_size: g.volume_size,
+        block_size: g.block_size,
+        sub_block_size: SUB_BLOCK,
+        resource_clusters: g.nclusters,
+        blocks: g.nblocks(),
+        sub_blocks: g.nsubs(),
+        inodes: g.ninodes(),
+        max_file_size: g.max_file_size(),
+        renew_ms: h.renew_ms,
+        lease_timeout_ms: h.lease_timeout_ms,
+        io_timeout_ms: h.io_timeout_ms,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Res {
+    Block,
+    Sub,
+    Inode,
+}
+
+impl Res {
+    fn name(self) -> &'static str {
+        match self {
+            Res::Block => "blocks",
+            Res::Sub => "sub-blocks",
+            Res::Inode => "inodes",
+        }
+    }
+    fn per(self, g: &Geometry) -> u32 {
+        match self {
+            Res::Block => g.bpc,
+            Res::Sub => g.spc,
+            Res::Inode => g.ipc,
+        }
+    }
+    fn bits(self, m: &mut ClusterMap) -> &mut Vec<u8> {
+        match self {
+            Res::Block => &mut m.blocks,
+            Res::Sub => &mut m.subs,
+            Res::Inode => &mut m.inodes,
+        }
+    }
+}
+
+/// One metadata operation in progress: the locks it holds, the cluster maps it loaded, the
+/// pages it will commit.
+pub(crate) struct Op<'a> {
+    ds: &'a Inner,
+    held: Vec<Held>,
+    maps: BTreeMap<u32, ClusterMap>,
+    dirty_maps: BTreeSet<u32>,
+    pub txn: Txn,
+    /// A lock we must wait for was busy: start the operation again later.
+    retry: bool,
+}
+
+impl<'a> Op<'a> {
+    fn host(&self) -> &'a Host {
+        // Ops are only created by `Inner::op`, which checks there is a host.
+        self.ds.host.as_ref().expect("op without a host")
+    }
+
+    /// Takes `id` for the rest of the operation. `wait`: a busy lock makes the whole
+    /// operation retry (short-term holders); otherwise it is the caller's error.
+    pub fn lock(&mut self, id: LockId, what: &str, wait: bool) -> Result<()> {
+        match self.host().locks.try_acquire(id, LockMode::Exclusive)? {
+            Ok(h) => {
+                self.held.push(h);
+                Ok(())
+            }
+            Err(b) => {
+                self.retry |= wait || b.transient;
+                Err(locked(what, &b))
+            }
+        }
+    }
+
+    /// Takes `id` and hands it to the caller (kept after the operation).
+    pub fn lock_keep(&mut self, id: LockId, what: &str) -> Result<Held> {
+        self.lock(id, what, true)?;
+        Ok(self.held.pop().expect("just pushed"))
+    }
+
+    /// Locks and loads cluster `c`'s map. `Ok(false)`: busy and `!wait`.
+    fn cluster(&mut self, c: u32, wait: bool) -> Result<bool> {
+        if self.maps.contains_key(&c) {
+            return Ok(true);
+        }
+        match self
+            .host()
+            .locks
+            .try_acquire(LockId::Cluster(c), LockMode::Exclusive)?
+        {
+            Ok(h) => {
+                self.held.push(h);
+                let m = self.ds.vol.read_map(c)?;
+                self.maps.insert(c, m);
+                Ok(true)
+            }
+            Err(b) if wait => {
+                self.retry = true;
+                Err(locked(&format!("resource cluster {c}"), &b))
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Allocates one block, sub-block or inode, from a cluster near `hint` or this host's
+    /// own part of the volume.
+    pub fn alloc(&mut self, r: Res, hint: Option<u32>) -> Result<u32> {
+        let g = &self.ds.vol.geo;
+        let per = r.per(g);
+        let n = g.nclusters;
+        // Clusters we already hold first.
+        let held: Vec<u32> = self.maps.keys().copied().collect();
+        let affinity = ((self.host().id - 1) as u64 * n as u64 / MAX_HOSTS as u64) as u32;
+        let start = hint.unwrap_or(affinity) % n;
+        let mut busy = false;
+        let mut bad = None;
+        for c in held.into_iter().chain((0..n).map(|i| (start + i) % n)) {
+            if !self.maps.contains_key(&c) {
+                // A lock-free look first: no point locking a full cluster.
+                match self.ds.vol.read_map(c) {
+                    Ok(mut m) => {
+                        if ClusterMap::count(r.bits(&mut m), per) == 0 {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        continue;
+                    }
+                }
+                if !self.cluster(c, false)? {
+                    busy = true;
+                    continue;
+                }
+            }
+            let Some(m) = self.maps.get_mut(&c) else {
+                continue;
+            };
+            let bits = r.bits(m);
+            if let Some(i) = (0..per as usize).find(|&i| !bit(bits, i)) {
+                set_bit(bits, i, true);
+                self.dirty_maps.insert(c);
+                return Ok(c * per + i as u32);
+            }
+        }
+        if busy {
+            self.retry = true;
+        }
+        Err(bad.unwrap_or(VmfsError::NoSpace { what: r.name() }))
+    }
+
+    /// Frees one block, sub-block or inode (waits for its cluster's lock).
+    pub fn free(&mut self, r: Res, idx: u32) -> Result<()> {
+        let g = &self.ds.vol.geo;
+        let per = r.per(g);
+        let c = idx / per;
+        if c >= g.nclusters {
+            return Err(corrupt(
+                "resource cluster map",
+                g.map_off,
+                format!("freeing {} {idx}: outside the volume", r.name()),
+            ));
+        }
+        self.cluster(c, true)?;
+        let off = g.map(c);
+        let m = self.maps.get_mut(&c).expect("cluster loaded");
+        let bits = r.bits(m);
+        let i = (idx % per) as usize;
+        if !bit(bits, i) {
+            // Freeing something free: the map and its owner disagree. Stop rather than
+            // make it worse.
+            return Err(corrupt(
+                "resource cluster map",
+                off,
+                format!("{} {idx} is already free", r.name()),
+            ));
+        }
+        set_bit(bits, i, false);
+        self.dirty_maps.insert(c);
+        Ok(())
+    }
+
+    pub fn put(&mut self, off: u64, img: Vec<u8>) {
+        self.txn.put(off, img);
+    }
+
+    pub fn put_inode(&mut self, ino: &Inode) {
+        let off = self.ds.vol.geo.inode(ino.inum);
+        self.txn.put(off, ino.encode(&self.ds.vol.geo));
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        for c in std::mem::take(&mut self.dirty_maps) {
+            let img = self.maps[&c].encode(&self.ds.vol.geo);
+            self.txn.put(self.ds.vol.geo.map(c), img);
+        }
+        self.ds.commit_txn(&self.txn)
+    }
+
+    fn release_all(&mut self) {
+        if let Some(h) = &self.ds.host {
+            for held in self.held.drain(..).rev() {
+                let _ = h.locks.release(&held);
+            }
+        }
+    }
+
+    /// Zeroes a newly allocated sub-block (pointer pages and directory pages that were
+    /// never written must read as empty, not as what a deleted file left there).
+    pub fn zero_sub(&self, s: u32) -> Result<()> {
+        self.ds
+            .vol
+            .write(self.ds.vol.geo.sub(s), &vec![0u8; SUB_BLOCK as usize])
+    }
+
+    pub fn zero_block(&self, b: u32) -> Result<()> {
+        let g = &self.ds.vol.geo;
+        self.ds
+            .vol
+            .write(g.block(b), &vec![0u8; g.block_size as usize])
+    }
+
+    pub fn vol(&self) -> &'a Volume {
+        &self.ds.vol
+    }
+}
+
+impl Inner {
+    pub fn host(&self) -> Result<&Host> {
+        self.host.as_ref().ok_or(VmfsError::ReadOnly)
+    }
+
+    fn unmount(&self) -> Result<()> {
+        let Some(h) = &self.host else { return Ok(()) };
+        let hb = h.hb.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut hb) = hb else { return Ok(()) };
+        hb.stop();
+        h.fence.check()?;
+        let off = self.vol.geo.hb_slot(h.id);
+        let cur = lease::read_slot(&self.vol, h.id)?;
+        if cur.instance != h.instance {
+            return Ok(());
+        }
+        let slot = HbSlot {
+            state: HB_CLEAN,
+            timestamp: cur.timestamp + 1,
+            wall_ms: now_ms(),
+            who: h.who.clone(),
+            ..cur
+        };
+        self.vol.write(off, &slot.encode(off))?;
+        self.vol.flush()
+    }
+
+    /// Runs a metadata operation, starting it again (after a random pause) while a lock it
+    /// must wait for is busy.
+    pub fn op<T>(&self, mut f: impl FnMut(&mut Op) -> Result<T>) -> Result<T> {
+        self.host()?;
+        let deadline =
+            Instant::now() + Duration::from_millis(self.vol.hdr.lease_timeout_ms as u64 * 5);
+        let mut n = 0u64;
+        loop {
+            let mut op = Op {
+                ds: self,
+                held: Vec::new(),
+                maps: BTreeMap::new(),
+                dirty_maps: BTreeSet::new(),
+                txn: Txn::default(),
+                retry: false,
+            };
+            let r = f(&mut op).and_then(|v| op.commit().map(|()| v));
+            let retry = op.retry;
+            op.release_all();
+            match r {
+                Err(_) if retry && Instant::now() < deadline => {
+                    n += 1;
+                    let jitter = (std::process::id() as u64 * 7
+                        + n * 13
+                        + Instant::now().elapsed().subsec_nanos() as u64)
+                        % 10;
+                    std::thread::sleep(Duration::from_millis(1 + jitter + n.min(20) * 2));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    pub fn commit_txn(&self, txn: &Txn) -> Result<()> {
+        if txn.pages.is_empty() {
+            return Ok(());
+        }
+        let host = self.host()?;
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        *seq += 1;
+        self.vol.commit(host.id, *seq, txn)
+    }
+
+    /// Where byte `off` of `ino`'s data is: `(device offset, unwritten)`; `None` for a hole.
+    pub fn map(&self, ino: &Inode, off: u64, cache: &mut PtrCache) -> Result<Option<(u64, bool)>> {
+        let g = &self.vol.geo;
+        match ino.mode {
+            AddrMode::Small => {
+                if off >= SUB_BLOCK || ino.addrs[0] == 0 {
+                    return Ok(None);
+                }
+                Ok(Some((g.sub(ino.addrs[0]) + off, false)))
+            }
+            AddrMode::Blocks => {
+                let fb = off / g.block_size;
+                let Some(e) = self.ptr_entry(ino, fb, cache)? else {
+                    return Ok(None);
+                };
+                Ok(Some((
+                    g.block(e & !UNWRITTEN) + off % g.block_size,
+                    e & UNWRITTEN != 0,
+                )))
+            }
+        }
+    }
+
+    /// The pointer entry of file block `fb` (0 = hole → `None`).
+    pub fn ptr_entry(&self, ino: &Inode, fb: u64, cache: &mut PtrCache) -> Result<Option<u32>> {
+        let pb = (fb / PTRS_PER_PB) as usize;
+        if pb >= INODE_ADDRS || ino.addrs[pb] == 0 {
+            return Ok(None);
+        }
+        let rem = (fb % PTRS_PER_PB) as usize;
+        let page = cache.page(self, ino, pb, rem / PTRS_PER_PAGE)?;
+        let e = page.ptrs[rem % PTRS_PER_PAGE];
+        Ok(if e == 0 { None } else { Some(e) })
+    }
+
+    pub fn resolve(&self, path: &str) -> Result<Inode> {
+        let comps = parse_path(path)?;
+        let mut cur = self.vol.read_inode(ROOT_INODE)?;
+        if cur.kind != Kind::Dir {
+            return Err(corrupt(
+                "inode",
+                self.vol.geo.inode(ROOT_INODE),
+                "the root inode is not a directory",
+            ));
+        }
+        for (i, c) in comps.iter().enumerate() {
+            if cur.kind != Kind::Dir {
+                return Err(VmfsError::NotADirectory(format!(
+                    "/{}",
+                    comps[..i].join("/")
+                )));
+            }
+            let Some((_, _, e)) = self.find(&cur, c)? else {
+                return Err(VmfsError::NotFound(path.to_string()));
+            };
+            let next = self.vol.read_inode(e.inum)?;
+            if next.kind == Kind::Free || next.generation != e.generation {
+                return Err(VmfsError::NotFound(path.to_string()));
+            }
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Offset of directory page `p`.
+    pub fn dir_page_offset(
+        &self,
+        dir: &Inode,
+        p: u32,
+        cache: &mut PtrCache,
+    ) -> Result<Option<u64>> {
+        Ok(self
+            .map(dir, p as u64 * PAGE as u64, cache)?
+            .map(|(o, _)| o))
+    }
+
+    pub fn read_dir_page(&self, dir: &Inode, p: u32, cache: &mut PtrCache) -> Result<DirPage> {
+        match self.dir_page_offset(dir, p, cache)? {
+            None => Ok(DirPage::empty(dir.inum, dir.generation, p)),
+            Some(off) => self.vol.read_decode(off, PAGE, |b| {
+                DirPage::decode(b, &self.vol.geo, off, dir.inum, dir.generation, p)
+            }),
+        }
+    }
+
+    /// Every entry: (page, slot, entry).
+    pub fn read_dir(&self, dir: &Inode) -> Result<Vec<(u32, usize, DirEntry)>> {
+        let mut cache = PtrCache::default();
+        let mut v = Vec::new();
+        for p in 0..(dir.size / PAGE as u64) as u32 {
+            let page = self.read_dir_page(dir, p, &mut cache)?;
+            for (i, e) in page.entries.into_iter().enumerate() {
+                if let Some(e) = e {
+                    v.push((p, i, e));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn find(&self, dir: &Inode, name: &str) -> Result<Option<(u32, usize, DirEntry)>> {
+        Ok(self
+            .read_dir(dir)?
+            .into_iter()
+            .find(|(_, _, e)| e.name == name))
+    }
+
+    pub fn stat_of(&self, ino: &Inode) -> Result<Stat> {
+        let g = &self.vol.geo;
+        let allocated = match ino.mode {
+            AddrMode::Small => {
+                if ino.addrs[0] != 0 {
+                    SUB_BLOCK
+                } else {
+                    0
+                }
+            }
+            AddrMode::Blocks => {
+                let mut cache = PtrCache::default();
+                let mut n = 0u64;
+                let nfb = ino.size.div_ceil(g.block_size);
+                let mut fb = 0;
+                while fb < nfb {
+                    let pb = (fb / PTRS_PER_PB) as usize;
+                    if pb >= INODE_ADDRS {
+                        break;
+                    }
+                    if ino.addrs[pb] == 0 {
+                        fb = (pb as u64 + 1) * PTRS_PER_PB;
+                        continue;
+                    }
+                    if self.ptr_entry(ino, fb, &mut cache)?.is_some() {
+                        n += 1;
+                    }
+                    fb += 1;
+                }
+                n * g.block_size
+            }
+        };
+        Ok(Stat {
+            inum: ino.inum,
+            is_dir: ino.kind == Kind::Dir,
+            size: ino.size,
+            allocated,
+            eager_zeroed: ino.flags & FLAG_EAGER != 0,
+            mtime_ms: ino.mtime_ms,
+        })
+    }
+
+    fn parent_of(&self, path: &str) -> Result<(Inode, String, String)> {
+        let mut comps = parse_path(path)?;
+        let Some(name) = comps.pop() else {
+            return Err(VmfsError::Invalid(format!(
+                "{path:?} names the root directory"
+            )));
+        };
+        let ppath = format!("/{}", comps.join("/"));
+        let dir = self.resolve(&ppath)?;
+        if dir.kind != Kind::Dir {
+            return Err(VmfsError::NotADirectory(ppath));
+        }
+        Ok((dir, name, ppath))
+    }
+
+    /// Creates a file or directory; for a file, returns its lock (held exclusively).
+    pub fn create_node(&self, path: &str, kind: Kind, eager: bool) -> Result<(u32, Option<Held>)> {
+        let (pdir, name, ppath) = self.parent_of(path)?;
+        let mut keep: Option<Held> = None;
+        let r = self.op(|op| {
+            if let Some(h) = keep.take() {
+                let _ = self.host()?.locks.release(&h);
+            }
+            op.lock(LockId::Inode(pdir.inum), &ppath, true)?;
+            let mut dir = self.vol.read_inode(pdir.inum)?;
+            if dir.kind != Kind::Dir || dir.generation != pdir.generation {
+                return Err(VmfsError::NotFound(ppath.clone()));
+            }
+            if self.find(&dir, &name)?.is_some() {
+                return Err(VmfsError::AlreadyExists(path.to_string()));
+            }
+            let hint = Some(self.vol.geo.inode_cluster(dir.inum));
+            let inum = op.alloc(Res::Inode, if kind == Kind::Dir { hint } else { None })?;
+            let old = self.vol.read_inode(inum)?;
+            if old.kind != Kind::Free {
+                return Err(corrupt(
+                    "inode",
+                    self.vol.geo.inode(inum),
+                    format!("inode {inum} is free in its cluster map but in use"),
+                ));
+            }
+            if kind == Kind::File {
+                keep = Some(op.lock_keep(LockId::Inode(inum), path)?);
+            }
+            let now = now_ms();
+            let ino = Inode {
+                kind,
+                generation: old.generation.wrapping_add(1).max(1),
+                nlink: 1,
+                ctime_ms: now,
+                mtime_ms: now,
+                parent: dir.inum,
+                flags: if eager { FLAG_EAGER } else { 0 },
+                ..Inode::free(inum, 0)
+            };
+            op.put_inode(&ino);
+            self.dir_add(
+                op,
+                &mut dir,
+                DirEntry {
+                    inum,
+                    generation: ino.generation,
+                    kind,
+                    name: name.clone(),
+                },
+            )?;
+            dir.mtime_ms = now;
+            op.put_inode(&dir);
+            Ok(inum)
+        });
+        match r {
+            Ok(inum) => Ok((inum, keep)),
+            Err(e) => {
+                if let (Some(h), Ok(host)) = (keep, self.host()) {
+                    let _ = host.locks.release(&h);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds an entry to `dir` (whose lock the op holds), growing it if full.
+    fn dir_add(&self, op: &mut Op, dir: &mut Inode, e: DirEntry) -> Result<()> {
+        let mut cache = PtrCache::default();
+        let npages = (dir.size / PAGE as u64) as u32;
+        for p in 0..npages {
+            let mut page = self.read_dir_page(dir, p, &mut cache)?;
+            if let Some(slot) = page.entries.iter().position(|s| s.is_none()) {
+                page.entries[slot] = Some(e);
+                let off = self.dir_page_offset(dir, p, &mut cache)?.ok_or_else(|| {
+                    corrupt(
+                        "inode",
+                        self.vol.geo.inode(dir.inum),
+                        "directory page without storage",
+                    )
+                })?;
+                op.put(off, page.encode(off));
+                return Ok(());
+            }
+        }
+        // Grow by one page.
+        let g = &self.vol.geo;
+        let p = npages;
+        let pos = p as u64 * PAGE as u64;
+        if pos + PAGE as u64 > g.max_file_size() {
+            return Err(VmfsError::FileTooBig {
+                size: pos,
+                max: g.max_file_size(),
+            });
+        }
+        if dir.mode == AddrMode::Small && pos < SUB_BLOCK {
+            if dir.addrs[0] == 0 {
+                let s = op.alloc(Res::Sub, Some(g.inode_cluster(dir.inum)))?;
+                op.zero_sub(s)?;
+                dir.addrs[0] = s;
+            }
+        } else {
+            if dir.mode == AddrMode::Small {
+                self.dir_to_blocks(op, dir, &mut cache)?;
+            }
+            let fb = pos / g.block_size;
+            let pb = (fb / PTRS_PER_PB) as usize;
+            if pb >= INODE_ADDRS {
+                return Err(VmfsError::FileTooBig {
+                    size: pos,
+                    max: g.max_file_size(),
+                });
+            }
+            if dir.addrs[pb] == 0 {
+                let s = op.alloc(Res::Sub, Some(g.inode_cluster(dir.inum)))?;
+                op.zero_sub(s)?;
+                dir.addrs[pb] = s;
+            }
+            if self.ptr_entry(dir, fb, &mut cache)?.is_none() {
+                let b = op.alloc(Res::Block, None)?;
+                op.zero_block(b)?;
+                let rem = (fb % PTRS_PER_PB) as usize;
+                let mut page = cache.page(self, dir, pb, rem / PTRS_PER_PAGE)?.clone();
+                page.ptrs[rem % PTRS_PER_PAGE] = b;
+                let off = self.vol.ptr_page_offset(dir.addrs[pb], rem / PTRS_PER_PAGE);
+                op.put(off, page.encode(off));
+                cache.insert(pb, rem / PTRS_PER_PAGE, page);
+            }
+        }
+        dir.size += PAGE as u64;
+        let mut page = DirPage::empty(dir.inum, dir.generation, p);
+        page.entries[0] = Some(e);
+        let off = self.dir_page_offset(dir, p, &mut cache)?.ok_or_else(|| {
+            corrupt(
+                "inode",
+                g.inode(dir.inum),
+                "new directory page without storage",
+            )
+        })?;
+        op.put(off, page.encode(off));
+        Ok(())
+    }
+
+    /// A directory outgrew its sub-block: move its 16 pages into a block.
+    fn dir_to_blocks(&self, op: &mut Op, dir: &mut Inode, cache: &mut PtrCache) -> Result<()> {
+        let g = &self.vol.geo;
+        let b = op.alloc(Res::Block, None)?;
+        op.zero_block(b)?;
+        let s = op.alloc(Res::Sub, Some(g.inode_cluster(dir.inum)))?;
+        op.zero_sub(s)?;
+        for p in 0..PAGES_PER_SUB as u32 {
+            let page = self.read_dir_page(dir, p, cache)?;
+            let off = g.block(b) + p as u64 * PAGE as u64;
+            op.put(off, page.encode(off));
+        }
+        let old = dir.addrs[0];
+        let mut ptrs = vec![0u32; PTRS_PER_PAGE];
+        ptrs[0] = b;
+        let pp = PointerPage {
+            inum: dir.inum,
+            generation: dir.generation,
+            first: 0,
+            ptrs,
+        };
+        let off = self.vol.ptr_page_offset(s, 0);
+        op.put(off, pp.encode(off));
+        // The transaction is not on disk yet: later lookups in this operation must see the
+        // new pointer page (the other 15 pages of the zeroed sub-block read as empty).
+        cache.clear();
+        cache.insert(0, 0, pp);
+        dir.mode = AddrMode::Blocks;
+        dir.addrs = vec![0; INODE_ADDRS];
+        dir.addrs[0] = s;
+        if old != 0 {
+            op.free(Res::Sub, old)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `path` (inode `inum` generation `gen`) from its directory and frees the
+    /// inode and what is left of its storage (a file was truncated to 0 before).
+    fn unlink(&self, path: &str, inum: u32, gen: u32) -> Result<()> {
+        let (pdir, name, ppath) = self.parent_of(path)?;
+        self.op(|op| {
+            op.lock(LockId::Inode(pdir.inum), &ppath, true)?;
+            let dir = self.vol.read_inode(pdir.inum)?;
+            if dir.kind != Kind::Dir || dir.generation != pdir.generation {
+                return Err(VmfsError::NotFound(ppath.clone()));
+            }
+            let Some((p, slot, e)) = self.find(&dir, &name)? else {
+                return Err(VmfsError::NotFound(path.to_string()));
+            };
+            if e.inum != inum || e.generation != gen {
+                return Err(VmfsError::NotFound(path.to_string()));
+            }
+            let ino = self.vol.read_inode(inum)?;
+            if ino.generation != gen || ino.kind == Kind::Free {
+                return Err(VmfsError::NotFound(path.to_string()));
+            }
+            if ino.kind == Kind::Dir {
+                op.lock(LockId::Inode(inum), path, false)?;
+                if !self.read_dir(&ino)?.is_empty() {
+                    return Err(VmfsError::DirectoryNotEmpty(path.to_string()));
+                }
+            }
+            // Storage left: a small file's sub-block, a directory's pages, pointer blocks.
+            self.free_all(op, &ino)?;
+            let mut cache = PtrCache::default();
+            let mut page = self.read_dir_page(&dir, p, &mut cache)?;
+            page.entries[slot] = None;
+            let off = self.dir_page_offset(&dir, p, &mut cache)?.ok_or_else(|| {
+                corrupt(
+                    "inode",
+                    self.vol.geo.inode(dir.inum),
+                    "directory page without storage",
+                )
+            })?;
+            op.put_inode(&Inode::free(inum, gen));
+            op.put(off, page.encode(off));
+            let mut dir = dir;
+            dir.mtime_ms = now_ms();
+            op.put_inode(&dir);
+            op.free(Res::Inode, inum)?;
+            Ok(())
+        })
+    }
+
+    /// Frees every block and sub-block of `ino` (small enough to fit one transaction: files
+    /// are truncated to 0 first, so only directories have blocks here).
+    fn free_all(&self, op: &mut Op, ino: &Inode) -> Result<()> {
+        match ino.mode {
+            AddrMode::Small => {
+                if ino.addrs[0] != 0 {
+                    op.free(Res::Sub, ino.addrs[0])?;
+                }
+            }
+            AddrMode::Blocks => {
+                let mut cache = PtrCache::default();
+                for pb in 0..INODE_ADDRS {
+                    if ino.addrs[pb] == 0 {
+                        continue;
+                    }
+                    for pg in 0..PAGES_PER_SUB {
+                        let page = cache.page(self, ino, pb, pg)?.clone();
+                        for &e in &page.ptrs {
+                            if e != 0 {
+                                op.free(Res::Block, e & !UNWRITTEN)?;
+                            }
+                        }
+                    }
+                    op.free(Res::Sub, ino.addrs[pb])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pointer pages read for one inode.
+#[derive(Default)]
+pub(crate) struct PtrCache {
+    pages: std::collections::HashMap<(usize, usize), PointerPage>,
+}
+
+impl PtrCache {
+    pub fn page(
+        &mut self,
+        inner: &Inner,
+        ino: &Inode,
+        pb: usize,
+        pg: usize,
+    ) -> Result<&PointerPage> {
+        match self.pages.entry((pb, pg)) {
+            std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                Ok(v.insert(inner.vol.read_ptr_page(ino, pb, pg)?))
+            }
+        }
+    }
+    pub fn insert(&mut self, pb: usize, pg: usize, p: PointerPage) {
+        self.pages.insert((pb, pg), p);
+    }
+    pub fn get_mut(&mut self, pb: usize, pg: usize) -> Option<&mut PointerPage> {
+        self.pages.get_mut(&(pb, pg))
+    }
+    pub fn clear(&mut self) {
+        self.pages.clear();
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&(usize, usize), &PointerPage)> {
+        self.pages.iter()
+    }
+}
+
+impl PtrCache {
+    pub fn pages_remove(&mut self, pb: usize, pg: usize) {
+        self.pages.remove(&(pb, pg));
+    }
+}

@@ -1,0 +1,388 @@
+//! Many hosts, one volume: separate processes (`vmfs-test-host`) mount one volume file.
+//!
+//! Default runs are short (CI); `VMFS_STRESS_SECS=60` runs the stress test longer.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmk_vmfs::fsck::{self, FsckOptions};
+use vmk_vmfs::{
+    CreateOptions, Datastore, FileDevice, FileOptions, LockMode, MountOptions, VmfsError,
+};
+
+const HOST: &str = env!("CARGO_BIN_EXE_vmfs-test-host");
+
+/// Short timeouts so takeovers happen within a test: renew 200 ms, dead after 2 s.
+fn test_opts() -> CreateOptions {
+    CreateOptions {
+        label: "multihost".into(),
+        block_size: 1 << 20,
+        renew_ms: 200,
+        lease_timeout_ms: 2000,
+        io_timeout_ms: 100,
+    }
+}
+
+fn new_volume(dir: &Path, size: u64) -> PathBuf {
+    let p = dir.join("vol.img");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(size).unwrap();
+    Datastore::create(Box::new(FileDevice::open(&p, false).unwrap()), &test_opts()).unwrap();
+    p
+}
+
+fn dev(p: &Path) -> Box<FileDevice> {
+    Box::new(FileDevice::open(p, false).unwrap())
+}
+
+fn fsck_clean(p: &Path) {
+    let r = fsck::check(dev(p), &FsckOptions::default()).unwrap();
+    assert!(r.is_clean(), "fsck:\n{r}");
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(HOST)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stress(vol: &str, hosts: u32, secs: u64, dir: &Path) {
+    let children: Vec<(u32, Child)> = (1..=hosts)
+        .map(|h| {
+            let m = dir.join(format!("manifest-{h}"));
+            (
+                h,
+                spawn(&[
+                    "stress",
+                    vol,
+                    &h.to_string(),
+                    &secs.to_string(),
+                    &(h as u64 * 7919).to_string(),
+                    m.to_str().unwrap(),
+                ]),
+            )
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (h, c) in children {
+        let out = c.wait_with_output().unwrap();
+        let so = String::from_utf8_lossy(&out.stdout);
+        eprint!("{so}");
+        if !out.status.success() {
+            failed.push(format!(
+                "host {h}: {}{}",
+                so,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "hosts failed:\n{}", failed.join("\n"));
+}
+
+/// Every file in the manifests has the contents its host wrote, and nothing else is there.
+fn verify_manifests(img: &Path, hosts: u32, dir: &Path) {
+    let ds = Datastore::open_read_only(dev(img)).unwrap();
+    let mut want = BTreeMap::new();
+    for h in 1..=hosts {
+        for line in std::fs::read_to_string(dir.join(format!("manifest-{h}")))
+            .unwrap()
+            .lines()
+        {
+            let v: Vec<&str> = line.split(' ').collect();
+            want.insert(
+                v[0].to_string(),
+                (
+                    v[1].parse::<usize>().unwrap(),
+                    u32::from_str_radix(v[2], 16).unwrap(),
+                ),
+            );
+        }
+    }
+    let listed: Vec<String> = ds
+        .list("/stress")
+        .unwrap()
+        .into_iter()
+        .map(|e| format!("/stress/{}", e.name))
+        .collect();
+    assert_eq!(
+        listed,
+        want.keys().cloned().collect::<Vec<_>>(),
+        "surviving files"
+    );
+    for (name, (len, crc)) in &want {
+        let mut f = ds.open_file(name, LockMode::SharedRead).unwrap();
+        let mut b = vec![0u8; *len + 1];
+        let n = f.read_at(&mut b, 0).unwrap();
+        assert_eq!(n, *len, "{name} size");
+        assert_eq!(crc32c::crc32c(&b[..n]), *crc, "{name} contents");
+    }
+    eprintln!("{} surviving files verified", want.len());
+}
+
+fn secs(default: u64) -> u64 {
+    std::env::var("VMFS_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn stress_32_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = new_volume(dir.path(), 3 << 30);
+    let t = Instant::now();
+    stress(img.to_str().unwrap(), 32, secs(6), dir.path());
+    eprintln!("32 hosts ran in {:.1} s", t.elapsed().as_secs_f64());
+    fsck_clean(&img);
+    verify_manifests(&img, 32, dir.path());
+}
+
+#[test]
+fn kill_9_a_writer_then_take_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = new_volume(dir.path(), 512 << 20);
+    let vol = img.to_str().unwrap();
+    let mut w = spawn(&["writer", vol, "2", "/victim.vmdk"]);
+    let mut line = String::new();
+    BufReader::new(w.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let ds = Datastore::mount(
+        dev(&img),
+        &MountOptions {
+            host_id: Some(1),
+            sync: false,
+            who: "test".into(),
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    match ds.open_file("/victim.vmdk", LockMode::Exclusive) {
+        Err(VmfsError::Locked { host: 2, .. }) => {}
+        other => panic!("expected locked by host 2, got {other:?}"),
+    }
+    w.kill().unwrap(); // SIGKILL
+    w.wait().unwrap();
+    let killed = Instant::now();
+    let mut f = loop {
+        match ds.open_file("/victim.vmdk", LockMode::Exclusive) {
+            Ok(f) => break f,
+            Err(VmfsError::Locked { host: 2, .. }) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "no takeover");
+    };
+    let took = killed.elapsed();
+    eprintln!(
+        "took over the dead writer's file {:.2} s after kill -9",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= Duration::from_millis(1500),
+        "taken over before the lease timeout: {took:?}"
+    );
+    f.write_at(b"mine now", 0).unwrap();
+    f.close().unwrap();
+    // The other small files the writer had open or half-created can be removed too.
+    for e in ds.list("/").unwrap() {
+        if e.name.starts_with("w2-") {
+            ds.remove(&format!("/{}", e.name)).unwrap();
+        }
+    }
+    ds.unmount().unwrap();
+    fsck_clean(&img);
+}
+
+#[test]
+fn crash_in_the_middle_of_a_commit_is_replayed_by_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = new_volume(dir.path(), 256 << 20);
+    let vol = img.to_str().unwrap();
+    // The writer kills itself right after the Nth journal commit record is durable and
+    // before the pages are written in place.
+    let mut w = Command::new(HOST)
+        .args(["writer", vol, "5", "/crash.vmdk"])
+        .env("VMFS_TEST_KILL_AT_COMMIT", "12")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = w.wait().unwrap();
+    assert!(!st.success());
+    let before = fsck::check(dev(&img), &FsckOptions::default()).unwrap();
+    assert!(
+        before
+            .findings
+            .iter()
+            .any(|f| f.what.contains("journal of host 5")),
+        "{before}"
+    );
+    let ds = Datastore::mount(
+        dev(&img),
+        &MountOptions {
+            host_id: Some(1),
+            sync: false,
+            who: "test".into(),
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    loop {
+        match ds.recover_host(5) {
+            Ok(()) => break,
+            Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let f = ds.open_file("/crash.vmdk", LockMode::Exclusive).unwrap();
+    f.close().unwrap();
+    ds.unmount().unwrap();
+    fsck_clean(&img);
+}
+
+#[test]
+fn two_hosts_race_to_open_for_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = new_volume(dir.path(), 256 << 20);
+    {
+        let ds = Datastore::mount(
+            dev(&img),
+            &MountOptions {
+                host_id: Some(9),
+                sync: false,
+                who: "test".into(),
+            },
+        )
+        .unwrap();
+        ds.create_file(
+            "/race.vmdk",
+            &FileOptions {
+                size: 1 << 20,
+                eager_zeroed: false,
+            },
+        )
+        .unwrap()
+        .close()
+        .unwrap();
+        ds.unmount().unwrap();
+    }
+    let rounds: u64 = std::env::var("VMFS_RACE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    let period = 120u64;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1500;
+    let vol = img.to_str().unwrap();
+    let a = spawn(&[
+        "race",
+        vol,
+        "1",
+        &rounds.to_string(),
+        &start.to_string(),
+        &period.to_string(),
+    ]);
+    let b = spawn(&[
+        "race",
+        vol,
+        "2",
+        &rounds.to_string(),
+        &start.to_string(),
+        &period.to_string(),
+    ]);
+    let outs: Vec<String> = [a, b]
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            String::from_utf8_lossy(&o.stdout).to_string()
+        })
+        .collect();
+    let mut wins = [0u64; 2];
+    for r in 0..rounds {
+        let won: Vec<bool> = outs
+            .iter()
+            .map(|o| {
+                o.lines()
+                    .find(|l| l.split(' ').next() == Some(&r.to_string()))
+                    .unwrap_or("")
+                    .contains("won")
+            })
+            .collect();
+        assert_eq!(
+            won.iter().filter(|&&w| w).count(),
+            1,
+            "round {r}: {won:?}\n{}\n{}",
+            outs[0],
+            outs[1]
+        );
+        wins[if won[0] { 0 } else { 1 }] += 1;
+    }
+    eprintln!(
+        "{rounds} rounds: host 1 won {}, host 2 won {}",
+        wins[0], wins[1]
+    );
+    fsck_clean(&img);
+}
+
+/// The stress test, shorter, over a `qemu-nbd --shared` export (the hosts talk NBD over a
+/// Unix socket; qemu-nbd is the one cache they share). Skipped when qemu-nbd is missing.
+#[test]
+fn stress_over_nbd() {
+    if Command::new("qemu-nbd").arg("--version").output().is_err() {
+        eprintln!("qemu-nbd not installed: skipped");
+        return;
+    }
+    let hosts = 8u32;
+    let dir = tempfile::tempdir().unwrap();
+    let img = new_volume(dir.path(), 1 << 30);
+    let sock = dir.path().join("nbd.sock");
+    let mut server = Command::new("qemu-nbd")
+        .args([
+            "-f",
+            "raw",
+            "--persistent",
+            "--shared",
+            &(hosts + 2).to_string(),
+            "-k",
+        ])
+        .arg(&sock)
+        .arg(&img)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "qemu-nbd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spec = format!("nbd+unix:{}", sock.display());
+    stress(&spec, hosts, secs(3), dir.path());
+    // Check through NBD too, then through the file (qemu-nbd has written everything back).
+    let r = fsck::check(
+        Box::new(vmk_vmfs::NbdDevice::connect_unix(&sock, "").unwrap()),
+        &FsckOptions::default(),
+    )
+    .unwrap();
+    assert!(r.is_clean(), "{r}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    fsck_clean(&img);
+    verify_manifests(&img, hosts, dir.path());
+}
