@@ -1,6 +1,7 @@
 //! Kernel and initrd loading. Accepts a RISC-V Linux `Image` (flat, possibly with the EFI
 //! stub's PE header in front) and ELF64 RISC-V kernels (vmlinux).
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +23,19 @@ pub enum LoadError {
     },
 }
 
-/// A kernel ready to be copied into guest RAM.
+/// A piece of the kernel file to copy into guest RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Where it goes, as an offset from the RAM base.
+    pub ram_offset: u64,
+    pub file_offset: u64,
+    pub len: u64,
+}
+
+/// A kernel ready to be copied into guest RAM (with [`copy_file`]).
 #[derive(Debug)]
 pub struct Kernel {
-    /// (offset from RAM base, bytes) pieces to copy.
-    pub segments: Vec<(u64, Vec<u8>)>,
+    pub segments: Vec<Segment>,
     /// Entry point as an offset from the RAM base.
     pub entry_offset: u64,
     /// Bytes of RAM the kernel occupies from the RAM base, including its bss.
@@ -37,13 +46,65 @@ pub struct Kernel {
 /// alignment Linux requires for RV64.
 const DEFAULT_TEXT_OFFSET: u64 = 0x20_0000;
 
+/// How much of the kernel file is read to parse its headers (ELF program headers sit right
+/// after the ELF header; a flat Image's header is 64 bytes).
+const HEAD_LEN: u64 = 1 << 20;
+/// Files are copied into guest RAM in pieces of this size: a kernel or initrd is never held
+/// in host memory as a whole (a host running many VMs would keep the freed buffers).
+const COPY_CHUNK: usize = 1 << 20;
+
+/// Reads the kernel's headers and says what to copy where.
 pub fn load_kernel(path: &Path) -> Result<Kernel, LoadError> {
     let p = path.display().to_string();
-    let data = std::fs::read(path).map_err(|err| LoadError::ReadKernel {
+    let read_err = |err| LoadError::ReadKernel {
         path: p.clone(),
         err,
-    })?;
-    parse_kernel(&data).map_err(|what| LoadError::BadKernel { path: p, what })
+    };
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    let file_len = f.metadata().map_err(read_err)?.len();
+    let mut head = Vec::new();
+    f.by_ref()
+        .take(HEAD_LEN)
+        .read_to_end(&mut head)
+        .map_err(read_err)?;
+    parse_kernel(&head, file_len).map_err(|what| LoadError::BadKernel { path: p, what })
+}
+
+/// The size of the initrd file.
+pub fn initrd_len(path: &Path) -> Result<u64, LoadError> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|err| LoadError::ReadInitrd {
+            path: path.display().to_string(),
+            err,
+        })
+}
+
+/// Streams `len` bytes of `path` from `file_offset` to `sink(offset into the piece, bytes)`.
+pub fn copy_file(
+    path: &Path,
+    file_offset: u64,
+    len: u64,
+    mut sink: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.seek(SeekFrom::Start(file_offset))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = vec![0u8; COPY_CHUNK.min(usize::try_from(len).unwrap_or(COPY_CHUNK))];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        f.read_exact(&mut buf[..n]).map_err(|e| {
+            format!(
+                "{}: reading {n} bytes at {}: {e} (did the file change?)",
+                path.display(),
+                file_offset + done
+            )
+        })?;
+        sink(done, &buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 fn u16_at(d: &[u8], o: usize) -> Option<u16> {
@@ -62,15 +123,15 @@ fn u64_at(d: &[u8], o: usize) -> Option<u64> {
     ))
 }
 
-pub fn parse_kernel(data: &[u8]) -> Result<Kernel, String> {
-    if data.len() < 64 {
+/// Parses a kernel from `data`, the first bytes of a file of `file_len` bytes.
+pub fn parse_kernel(data: &[u8], file_len: u64) -> Result<Kernel, String> {
+    if data.len() < 64 || file_len < 64 {
         return Err(format!(
-            "only {} bytes: too short to be a kernel (truncated download?)",
-            data.len()
+            "only {file_len} bytes: too short to be a kernel (truncated download?)"
         ));
     }
     if data.starts_with(b"\x7fELF") {
-        return parse_elf(data);
+        return parse_elf(data, file_len);
     }
     if &data[56..60] == b"RSC\x05" || &data[48..53] == b"RISCV" {
         let text_offset = u64_at(data, 8).unwrap_or(0);
@@ -84,10 +145,14 @@ pub fn parse_kernel(data: &[u8]) -> Result<Kernel, String> {
             return Err(format!("Image header has an unusable text_offset {off:#x}"));
         }
         let footprint = off
-            .checked_add(image_size.max(data.len() as u64))
+            .checked_add(image_size.max(file_len))
             .ok_or_else(|| format!("Image header image_size {image_size:#x} is implausible"))?;
         return Ok(Kernel {
-            segments: vec![(off, data.to_vec())],
+            segments: vec![Segment {
+                ram_offset: off,
+                file_offset: 0,
+                len: file_len,
+            }],
             entry_offset: off,
             footprint,
         });
@@ -101,7 +166,7 @@ pub fn parse_kernel(data: &[u8]) -> Result<Kernel, String> {
     Err("neither a RISC-V Linux Image (no RSC\\x05 magic at offset 56) nor an ELF file".into())
 }
 
-fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
+fn parse_elf(d: &[u8], file_len: u64) -> Result<Kernel, String> {
     if d.get(4) != Some(&2) {
         return Err("is a 32-bit ELF; vmk runs RV64 kernels".into());
     }
@@ -126,7 +191,8 @@ fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
         let o = phoff
             .checked_add(i * phentsize)
             .ok_or("ELF program header offset overflows")?;
-        let ty = u32_at(d, o).ok_or("ELF program headers truncated")?;
+        let ty = u32_at(d, o)
+            .ok_or("ELF program headers truncated (or beyond the first MiB of the file)")?;
         if ty != 1 {
             continue;
         }
@@ -134,16 +200,15 @@ fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
         let vaddr = u64_at(d, o + 16).ok_or("ELF program headers truncated")?;
         let filesz = u64_at(d, o + 32).ok_or("ELF program headers truncated")?;
         let memsz = u64_at(d, o + 40).ok_or("ELF program headers truncated")?;
-        let end = off
-            .checked_add(filesz)
-            .filter(|e| *e <= d.len() as u64)
+        off.checked_add(filesz)
+            .filter(|e| *e <= file_len)
             .ok_or_else(|| {
                 format!("ELF segment {i} lies beyond the end of the file (truncated?)")
             })?;
         if memsz < filesz {
             return Err(format!("ELF segment {i} has memsz < filesz"));
         }
-        loads.push((vaddr, d[off as usize..end as usize].to_vec(), memsz));
+        loads.push((vaddr, off, filesz, memsz));
     }
     let base = loads
         .iter()
@@ -154,7 +219,7 @@ fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
     // at the 2 MiB offset, keeping the segments' distances.
     let mut segments = Vec::new();
     let mut footprint = 0;
-    for (i, (vaddr, bytes, memsz)) in loads.into_iter().enumerate() {
+    for (i, (vaddr, file_offset, len, memsz)) in loads.into_iter().enumerate() {
         let rel = vaddr - base;
         if rel > 1 << 32 {
             return Err("ELF segments are spread over more than 4 GiB".into());
@@ -164,7 +229,11 @@ fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
             .and_then(|v| v.checked_add(memsz))
             .ok_or_else(|| format!("ELF segment {i} size {memsz:#x} is too large"))?;
         footprint = footprint.max(end);
-        segments.push((DEFAULT_TEXT_OFFSET + rel, bytes));
+        segments.push(Segment {
+            ram_offset: DEFAULT_TEXT_OFFSET + rel,
+            file_offset,
+            len,
+        });
     }
     let entry_rel = entry
         .checked_sub(base)
@@ -174,13 +243,6 @@ fn parse_elf(d: &[u8]) -> Result<Kernel, String> {
         segments,
         entry_offset: DEFAULT_TEXT_OFFSET + entry_rel,
         footprint,
-    })
-}
-
-pub fn load_initrd(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|err| LoadError::ReadInitrd {
-        path: path.display().to_string(),
-        err,
     })
 }
 
@@ -199,33 +261,43 @@ mod tests {
 
     #[test]
     fn flat_image() {
-        let k = parse_kernel(&image(0x20_0000)).unwrap();
+        let k = parse_kernel(&image(0x20_0000), 4096).unwrap();
         assert_eq!(k.entry_offset, 0x20_0000);
         assert_eq!(k.footprint, 0x20_0000 + 8192);
     }
 
     #[test]
     fn bad_kernels_give_clear_errors() {
-        assert!(parse_kernel(&[0u8; 10]).unwrap_err().contains("too short"));
-        assert!(parse_kernel(&[0u8; 100]).unwrap_err().contains("neither"));
+        assert!(parse_kernel(&[0u8; 10], 10)
+            .unwrap_err()
+            .contains("too short"));
+        assert!(parse_kernel(&[0u8; 100], 100)
+            .unwrap_err()
+            .contains("neither"));
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
         elf[4] = 2;
         elf[5] = 1;
         elf[18] = 62; // x86-64
-        assert!(parse_kernel(&elf)
+        assert!(parse_kernel(&elf, elf.len() as u64)
             .unwrap_err()
             .contains("wrong architecture"));
         elf[18] = 243;
         elf[56] = 1; // one program header, but phentsize is 0
-        assert!(parse_kernel(&elf).unwrap_err().contains("too small"));
+        assert!(parse_kernel(&elf, elf.len() as u64)
+            .unwrap_err()
+            .contains("too small"));
         let mut gz = vec![0u8; 100];
         gz[0] = 0x1f;
         gz[1] = 0x8b;
-        assert!(parse_kernel(&gz).unwrap_err().contains("gzip"));
+        assert!(parse_kernel(&gz, gz.len() as u64)
+            .unwrap_err()
+            .contains("gzip"));
         let mut img = image(0x123);
         img.truncate(64);
-        assert!(parse_kernel(&img).unwrap_err().contains("text_offset"));
+        assert!(parse_kernel(&img, img.len() as u64)
+            .unwrap_err()
+            .contains("text_offset"));
     }
 
     #[test]
@@ -242,6 +314,8 @@ mod tests {
         d[64 + 8..64 + 16].copy_from_slice(&0u64.to_le_bytes());
         d[64 + 32..64 + 40].copy_from_slice(&1_000_000u64.to_le_bytes());
         d[64 + 40..64 + 48].copy_from_slice(&1_000_000u64.to_le_bytes());
-        assert!(parse_kernel(&d).unwrap_err().contains("beyond the end"));
+        assert!(parse_kernel(&d, d.len() as u64)
+            .unwrap_err()
+            .contains("beyond the end"));
     }
 }

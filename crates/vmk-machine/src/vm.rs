@@ -396,8 +396,8 @@ impl Vm {
             backends.push(crate::disk::open(d)?);
         }
         let kernel = loader::load_kernel(&cfg.kernel)?;
-        let initrd = match &cfg.initrd {
-            Some(p) => Some(loader::load_initrd(p)?),
+        let initrd_len = match &cfg.initrd {
+            Some(p) => Some(loader::initrd_len(p)?),
             None => None,
         };
         let ram_size = cfg.memory & !0xfff;
@@ -437,14 +437,20 @@ impl Vm {
             }
             .into());
         }
-        for (off, bytes) in &kernel.segments {
-            mem.write(RAM_BASE + off, bytes)?;
+        for seg in &kernel.segments {
+            let base = RAM_BASE + seg.ram_offset;
+            loader::copy_file(&cfg.kernel, seg.file_offset, seg.len, |off, bytes| {
+                mem.write(base + off, bytes).map_err(|e| e.to_string())
+            })
+            .map_err(|what| LoadError::BadKernel {
+                path: cfg.kernel.display().to_string(),
+                what,
+            })?;
         }
         // Device tree at the top of RAM, the initrd below it, both clear of the kernel.
         let fdt_addr = RAM_BASE + ram_size - fdt_slot;
-        let initrd_range = match &initrd {
-            Some(data) => {
-                let len = data.len() as u64;
+        let initrd_range = match (&cfg.initrd, initrd_len) {
+            (Some(path), Some(len)) => {
                 let start = fdt_addr.saturating_sub(len) & !0xfff;
                 if start < RAM_BASE + kernel.footprint + (2 << 20) {
                     return Err(LoadError::TooBig {
@@ -455,10 +461,16 @@ impl Vm {
                     }
                     .into());
                 }
-                mem.write(start, data)?;
+                loader::copy_file(path, 0, len, |off, bytes| {
+                    mem.write(start + off, bytes).map_err(|e| e.to_string())
+                })
+                .map_err(|what| LoadError::ReadInitrd {
+                    path: path.display().to_string(),
+                    err: std::io::Error::other(what),
+                })?;
                 Some((start, start + len))
             }
-            None => None,
+            _ => None,
         };
         let dtb = fdt::build(&FdtConfig {
             cpus: cfg.cpus,
