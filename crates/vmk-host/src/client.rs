@@ -552,7 +552,7 @@ fn read_chunked(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
                 }
             }
         }
-        if body.len() + size > BODY_LIMIT {
+        if body.len().checked_add(size).is_none_or(|n| n > BODY_LIMIT) {
             return Err(bad("the answer is too large"));
         }
         let start = body.len();

@@ -103,9 +103,17 @@ pub fn definition_from_toml(path: &Path, text: &str) -> Result<VmDefinition, Str
 /// Writes a VM's definition (creating its directory).
 pub fn save_definition(root: &Path, def: &VmDefinition) -> io::Result<PathBuf> {
     let dir = vm_dir(root, &def.name)?;
-    create_private_dir(&dir)?;
+    // Serialized before anything is created, so a definition TOML cannot hold leaves nothing
+    // behind; a new directory is removed again if the write fails (a full disk).
     let text = definition_to_toml(def).map_err(io::Error::other)?;
-    write_atomic(&dir.join(DEFINITION_FILE), text.as_bytes())?;
+    let fresh = !dir.exists();
+    create_private_dir(&dir)?;
+    if let Err(e) = write_atomic(&dir.join(DEFINITION_FILE), text.as_bytes()) {
+        if fresh {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return Err(e);
+    }
     Ok(dir)
 }
 

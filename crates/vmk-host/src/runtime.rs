@@ -25,8 +25,9 @@
 //! condition on the UART followed by a key (`VmController::send_sysrq`; the image's `/init`
 //! enables all SysRq functions). The host sends `e` (SIGTERM to every process but init: the
 //! init script ends and `/init` reports its status and powers off, as when the script ends by
-//! itself), then, after up to 2 s, `s` (emergency sync), `u` (remount read-only) and `o`
-//! (power off), for guests whose init does not power off by itself. If the VM is still
+//! itself), then, 3 s before the stop's timeout, `s` (emergency
+//! sync), `u` (remount read-only) and `o` (power off), for guests whose init does not power
+//! off by itself. If the VM is still
 //! running at the timeout it is powered off (`last_exit = killed`). A guest that disabled
 //! SysRq is therefore stopped at the timeout.
 
@@ -53,7 +54,12 @@ use crate::validate::{validate_definition, HostLimits};
 const END_WAIT: Duration = Duration::from_secs(10);
 /// Console input waits at most this long for room in the guest UART's receive FIFO.
 const INPUT_WAIT: Duration = Duration::from_secs(1);
-/// Pause between SysRq `e` (terminate processes) and `s`/`u`/`o`, at most.
+/// Time the stop sequence keeps before its deadline for SysRq `s`, `u`, `o` (sync, remount
+/// read-only, power off) to take effect.
+const SYSRQ_FINAL_MARGIN: Duration = Duration::from_secs(3);
+/// Between SysRq `s`, `u` and `o`.
+const SYSRQ_STEP: Duration = Duration::from_millis(250);
+/// Least pause between SysRq `e` (terminate processes) and `s`/`u`/`o` for short timeouts.
 const SYSRQ_TERM_PAUSE: Duration = Duration::from_secs(2);
 /// Extra time `shutdown` gives VMs after the stop timeout before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -317,11 +323,22 @@ impl Host {
             let left = deadline.saturating_duration_since(Instant::now());
             let st = e.wait_until(st, left, |s| !s.running());
             if st.running() {
+                // E.g. a stop with a longer timeout was already under way: the host is going
+                // away, so power the VM off (its disks are closed, its state recorded).
+                drop(st);
                 eprintln!(
-                    "vmk-host: VM '{}' did not end within {:?} of the shutdown; leaving it",
+                    "vmk-host: VM '{}' did not end within {:?} of the shutdown; powering it off",
                     e.name,
                     timeout + SHUTDOWN_GRACE
                 );
+                if let Ok(info) = self.poweroff_entry(e) {
+                    if info.state != VmState::Stopped && info.state != VmState::Crashed {
+                        eprintln!(
+                            "vmk-host: VM '{}' is still {:?} after its power-off; leaving it",
+                            e.name, info.state
+                        );
+                    }
+                }
             }
         }
     }
@@ -536,12 +553,13 @@ impl Host {
     }
 
     fn metrics_of(&self, e: &VmEntry) -> VmMetrics {
+        // The machine's counters are read without holding `st`: reading a disk's counters
+        // waits for its device, which a vCPU holds during a (possibly stalled) disk request,
+        // and nothing else of this VM must wait for that.
+        let machine = lock(&e.st).machine.clone();
+        let live = machine.map(|m| m.ctl.stats());
         let st = lock(&e.st);
-        let stats = match &st.machine {
-            Some(m) => Some(m.ctl.stats()),
-            None => st.last_stats.clone(),
-        }
-        .unwrap_or_default();
+        let stats = live.or_else(|| st.last_stats.clone()).unwrap_or_default();
         VmMetrics {
             name: e.name.clone(),
             state: st.state,
@@ -776,12 +794,16 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
 fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
     let start = Instant::now();
     let deadline = start + timeout;
+    // SIGTERM first; the processes get the stop's whole timeout to end (a vmk image's init
+    // powers off as soon as its script has ended). Only near the deadline does the host
+    // sync, remount and power off through SysRq, leaving SYSRQ_FINAL_MARGIN for that.
     let pause = SYSRQ_TERM_PAUSE.min(timeout / 2);
+    let late = timeout.saturating_sub(SYSRQ_FINAL_MARGIN).max(pause);
     let steps = [
         (b'e', Duration::ZERO),
-        (b's', pause),
-        (b'u', pause + pause / 4),
-        (b'o', pause + pause / 2),
+        (b's', late),
+        (b'u', late + SYSRQ_STEP),
+        (b'o', late + 2 * SYSRQ_STEP),
     ];
     let ended = |s: &VmStatus| s.session != session || !s.running();
     for (key, at) in steps {
@@ -824,11 +846,10 @@ fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
 
 impl HostApi for Host {
     fn host_info(&self) -> HostInfo {
-        let (vms, running) = {
-            let map = lock(&self.vms);
-            let running = map.values().filter(|e| lock(&e.st).running()).count();
-            (map.len(), running)
-        };
+        // Entries are copied out first: the map is not held while waiting for a VM's status.
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        let vms = entries.len();
+        let running = entries.iter().filter(|e| lock(&e.st).running()).count();
         HostInfo {
             hostname: sysinfo::hostname(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -842,10 +863,8 @@ impl HostApi for Host {
     }
 
     fn list(&self) -> Vec<VmInfo> {
-        lock(&self.vms)
-            .values()
-            .map(|e| e.info(&lock(&e.st)))
-            .collect()
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        entries.iter().map(|e| e.info(&lock(&e.st))).collect()
     }
 
     fn info(&self, name: &str) -> Result<VmInfo, HostError> {

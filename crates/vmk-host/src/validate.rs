@@ -245,9 +245,29 @@ pub fn validate_definition(def: &VmDefinition, host: &HostLimits) -> Result<(), 
     }
 
     // Resources.
+    const CPU_MHZ_MAX: u64 = 10_000_000;
     let r = &def.resources;
     check_shares(&format!("VM '{name}': resources.cpu_shares"), &r.cpu_shares)?;
     check_shares(&format!("VM '{name}': resources.mem_shares"), &r.mem_shares)?;
+    // Bounds that also keep every value storable (TOML integers are i64).
+    for (field, v) in [
+        ("cpu_reservation_mhz", Some(r.cpu_reservation_mhz)),
+        ("cpu_limit_mhz", r.cpu_limit_mhz),
+    ] {
+        if let Some(v) = v.filter(|v| *v > CPU_MHZ_MAX) {
+            return invalid(format!(
+                "VM '{name}': resources.{field} = {v} is more than {CPU_MHZ_MAX} MHz"
+            ));
+        }
+    }
+    if let Some(l) = r.mem_limit.filter(|l| l.0 > vmk_machine::layout::MAX_RAM) {
+        return invalid(format!(
+            "VM '{name}': resources.mem_limit ({} GiB) is more than a VM can have ({} GiB); \
+             leave it out for no limit",
+            l.0 >> 30,
+            vmk_machine::layout::MAX_RAM >> 30
+        ));
+    }
     if let Some(l) = r.cpu_limit_mhz {
         if r.cpu_reservation_mhz > l {
             return invalid(format!(
@@ -561,6 +581,19 @@ mod tests {
         refused(
             &with(&|d| d.resources.cpu_limit_mhz = Some(0)),
             &["cpu_limit_mhz = 0"],
+        );
+        // Beyond what TOML (i64) can store: refused up front, never a failed write.
+        refused(
+            &with(&|d| d.resources.cpu_reservation_mhz = 1 << 63),
+            &["cpu_reservation_mhz = 9223372036854775808 is more than"],
+        );
+        refused(
+            &with(&|d| d.resources.cpu_limit_mhz = Some(u64::MAX)),
+            &["cpu_limit_mhz"],
+        );
+        refused(
+            &with(&|d| d.resources.mem_limit = Some(ByteSize(1 << 63))),
+            &["mem_limit", "more than a VM can have"],
         );
         refused(
             &with(&|d| d.resources.cpu_affinity = Some(vec![4])),

@@ -60,6 +60,7 @@ pub fn load_kernel(path: &Path) -> Result<Kernel, LoadError> {
         path: p.clone(),
         err,
     };
+    not_a_regular_file(path).map_err(read_err)?;
     let mut f = std::fs::File::open(path).map_err(read_err)?;
     let file_len = f.metadata().map_err(read_err)?.len();
     let mut head = Vec::new();
@@ -70,9 +71,23 @@ pub fn load_kernel(path: &Path) -> Result<Kernel, LoadError> {
     parse_kernel(&head, file_len).map_err(|what| LoadError::BadKernel { path: p, what })
 }
 
+/// Refuses what is not a regular file before opening it: opening a FIFO would block the
+/// VM's start (and the host's lifecycle call) forever.
+fn not_a_regular_file(path: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(path)?.is_file() {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ))
+    }
+}
+
 /// The size of the initrd file.
 pub fn initrd_len(path: &Path) -> Result<u64, LoadError> {
-    std::fs::metadata(path)
+    not_a_regular_file(path)
+        .and_then(|()| std::fs::metadata(path))
         .map(|m| m.len())
         .map_err(|err| LoadError::ReadInitrd {
             path: path.display().to_string(),

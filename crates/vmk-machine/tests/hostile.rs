@@ -1507,3 +1507,34 @@ fn controller_reports_live_and_final_counters_and_stops_the_vm() {
     assert!(!ctl.send_sysrq(b'o'), "no console once the VM has ended");
     ctl.stop(); // a no-op now
 }
+
+#[test]
+fn a_fifo_or_directory_as_kernel_or_initrd_is_refused_without_blocking() {
+    let fifo = tmp_path("kernel.fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(made, "mkfifo {}", fifo.display());
+    assert_vm_error(
+        "FIFO kernel",
+        cfg_with(fifo.clone(), 1, MEM),
+        &["cannot read kernel", "not a regular file"],
+    );
+    let dir = std::env::temp_dir();
+    assert_vm_error(
+        "directory kernel",
+        cfg_with(dir, 1, MEM),
+        &["cannot read kernel", "not a regular file"],
+    );
+    let k = write_file("fifo-test.elf", &minimal_guest().elf());
+    let mut cfg = cfg_with(k, 1, MEM);
+    cfg.initrd = Some(fifo);
+    assert_vm_error(
+        "FIFO initrd",
+        cfg,
+        &["cannot read initrd", "not a regular file"],
+    );
+}

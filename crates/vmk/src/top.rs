@@ -171,7 +171,9 @@ fn frames(
     while args.iterations.map(|n| shown < n).unwrap_or(true) {
         match quit.recv_timeout(args.delay) {
             Ok(()) => break,
-            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // No key reader (stdin closed): recv_timeout returns at once, so wait here.
+            Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(args.delay),
         }
         let cur = c.metrics()?;
         let now = Instant::now();
