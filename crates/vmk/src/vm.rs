@@ -587,6 +587,7 @@ mod tests {
             dir: dir.path().join("inv"),
             socket: dir.path().join("vmk.sock"),
             tcp: None,
+            ..HostConfig::default()
         };
         let host = Arc::new(FakeHost::new(Duration::from_millis(150)));
         let server = TestServer::start(host.clone(), &cfg).unwrap();
