@@ -129,7 +129,10 @@ pub fn load_definition(file: &Path) -> Result<VmDefinition, CmdError> {
         resolve(p);
     }
     for d in &mut def.disks {
-        resolve(&mut d.path);
+        // `[ds] dir/file.vmdk` is on a datastore, not relative to anything here.
+        if vmk_machine::datastore::DsPath::from_path(&d.path).is_none() {
+            resolve(&mut d.path);
+        }
     }
     Ok(def)
 }
