@@ -236,6 +236,91 @@ impl Storage for DatastoreStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmk_vmdk::{CreateOptions, OpenMode, Subformat, Vmdk, VmdkError};
+    use vmk_vmfs::MemDevice;
+
+    /// Two hosts (1 and 2) on one volume in memory, as `ds1`.
+    fn two_hosts() -> (Arc<dyn Storage>, Arc<dyn Storage>, Arc<Datastore>) {
+        let dev = MemDevice::new(256 << 20);
+        Datastore::create(
+            Box::new(dev.clone()),
+            &vmk_vmfs::CreateOptions {
+                label: "ds1".into(),
+                block_size: 1 << 20,
+                renew_ms: 50,
+                lease_timeout_ms: 400,
+                io_timeout_ms: 20,
+            },
+        )
+        .unwrap();
+        let mount = |h| {
+            Arc::new(
+                Datastore::mount(
+                    Box::new(dev.clone()),
+                    &vmk_vmfs::MountOptions {
+                        host_id: Some(h),
+                        sync: false,
+                        who: format!("test host {h}"),
+                    },
+                )
+                .unwrap(),
+            )
+        };
+        let (d1, d2) = (mount(1), mount(2));
+        let s1: Arc<dyn Storage> =
+            Arc::new(DatastoreStorage::new("ds1", d1.clone()).with_eager_zeroed(true));
+        let s2: Arc<dyn Storage> = Arc::new(DatastoreStorage::new("ds1", d2));
+        (s1, s2, d1)
+    }
+
+    #[test]
+    fn one_writer_shared_readers_across_hosts() {
+        let (s1, s2, d1) = two_hosts();
+        for (path, sub) in [
+            ("[ds1] vm1/thin.vmdk", Subformat::MonolithicSparse),
+            ("[ds1] vm2/ez.vmdk", Subformat::Vmfs),
+        ] {
+            let p = Path::new(path);
+            let mut w = Vmdk::create_on(s1.clone(), p, &CreateOptions::new(16 << 20, sub)).unwrap();
+            let data: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+            w.write_at(5 << 20, &data).unwrap();
+            // Host 2 can neither write nor read while host 1 writes: every file is locked.
+            for mode in [OpenMode::ReadWrite, OpenMode::ReadOnly] {
+                let e = Vmdk::open_on(s2.clone(), p, mode).unwrap_err();
+                let msg = e.to_string();
+                assert!(
+                    matches!(e, VmdkError::InUse { .. })
+                        && msg.contains("locked exclusive by host 1 since"),
+                    "{path}: {msg}"
+                );
+            }
+            w.close().unwrap();
+            // Readers share, across hosts; a writer is refused while they read.
+            let mut r1 = Vmdk::open_on(s1.clone(), p, OpenMode::ReadOnly).unwrap();
+            let mut r2 = Vmdk::open_on(s2.clone(), p, OpenMode::ReadOnly).unwrap();
+            let e = Vmdk::open_on(s2.clone(), p, OpenMode::ReadWrite).unwrap_err();
+            assert!(matches!(e, VmdkError::InUse { .. }), "{path}: {e}");
+            let mut back = vec![0u8; data.len()];
+            r2.read_at(5 << 20, &mut back).unwrap();
+            assert!(back == data, "{path}: host 2 reads other data");
+            r1.read_at(5 << 20, &mut back).unwrap();
+            assert!(back == data, "{path}: host 1 reads other data");
+            drop((r1, r2));
+            // Free again: host 2 may write now.
+            Vmdk::open_on(s2.clone(), p, OpenMode::ReadWrite)
+                .unwrap()
+                .close()
+                .unwrap();
+        }
+        // Thin sparse: only what was written (and the metadata) is allocated; the
+        // eager-zeroed flat extent is allocated in full.
+        let thin = d1.stat("/vm1/thin.vmdk").unwrap();
+        assert!(!thin.eager_zeroed && thin.allocated < 8 << 20, "{thin:?}");
+        let flat = d1.stat("/vm2/ez-flat.vmdk").unwrap();
+        assert!(flat.eager_zeroed && flat.allocated >= 16 << 20, "{flat:?}");
+        // A path on another datastore is refused, not silently mapped.
+        assert!(s1.open(Path::new("[other] vm1/thin.vmdk"), false).is_err());
+    }
 
     #[test]
     fn paths() {
