@@ -378,6 +378,27 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
     assert_eq!(v["last_exit"]["status"], 0, "{v}\n{}", b.console("taker"));
     b.stop();
 
+    // `vmk run` mounts the datastore for one VM (a host ID of its own, 4).
+    let out = Command::new(env!("CARGO_BIN_EXE_vmk"))
+        .args(["run", "--memory", "256M", "--image"])
+        .arg(&image)
+        .args([
+            "--disk",
+            disk,
+            "--datastore",
+            &format!("ds1={vols},host-id=4"),
+        ])
+        .args(["--append", "console=ttyS0 vmk.mode=write"])
+        .output()
+        .expect("vmk run");
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && console.contains("ds-test: wrote "),
+        "vmk run with a datastore disk: {}\n{console}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let fsck = ok(vmk(&["datastore", "fsck", &vols]), "datastore fsck");
     assert!(fsck.contains("clean"), "{fsck}");
 }
