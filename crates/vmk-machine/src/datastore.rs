@@ -147,6 +147,20 @@ impl DatastoreStorage {
 /// A datastore error as an `io::Error` of the kind vmk-vmdk understands (who holds a lock:
 /// `WouldBlock`; the message is the datastore's).
 pub fn vmfs_io(e: VmfsError) -> io::Error {
+    if let VmfsError::Locked {
+        host, mode, since, ..
+    } = &e
+    {
+        // Without the datastore-internal path: vmk-vmdk names the file (`[ds] dir/file`).
+        return io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "locked {mode} by host {host} since {since}; it is released when host {host} \
+                 closes it (stops the VM), or taken over once host {host} has been dead (no \
+                 heartbeat) for the datastore's lease timeout"
+            ),
+        );
+    }
     let kind = match &e {
         VmfsError::Locked { .. } => io::ErrorKind::WouldBlock,
         VmfsError::NotFound(_) => io::ErrorKind::NotFound,

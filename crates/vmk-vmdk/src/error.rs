@@ -100,7 +100,7 @@ pub enum VmdkError {
 
     /// A file of a [`crate::Storage`] (a datastore) is opened elsewhere in a conflicting
     /// mode; `why` is the storage's account of who holds it and since when.
-    #[error("{}: the disk is in use: {why}", path.display())]
+    #[error("{}: {why}", path.display())]
     InUse { path: PathBuf, why: String },
 
     /// A delta disk whose parent changed after the delta was made.
