@@ -69,6 +69,9 @@ pub enum DatastoreCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Mount DEV read-only on DIR with FUSE (browse it with ls, cp, sha256sum...), in the
+    /// foreground until `umount DIR` or Ctrl-C. Takes no host ID and no locks.
+    Mount { dev: String, dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +325,7 @@ pub fn run(cmd: DatastoreCommand) -> Result<(), CmdError> {
                 u.sub_blocks
             );
         }
+        DatastoreCommand::Mount { dev, dir } => crate::datastore_fuse::mount(&dev, &dir)?,
         DatastoreCommand::Fsck { dev, repair } => {
             let report = fsck::check(
                 open_dev(&dev, !repair)?,
