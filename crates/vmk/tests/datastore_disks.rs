@@ -6,8 +6,10 @@
 //!    the datastore (mounted as host 3) and the sha256 matches what the guest printed.
 //! 2. While a VM on host 1 runs with that disk, a VM on host 2 using it is refused with
 //!    `locked ... by host 1 since ...` and does not start.
-//! 3. Host 1 is killed (-9); after the lease timeout host 2 takes the disk over and its VM
-//!    starts and writes. `vmk datastore fsck` finds the volume clean at the end.
+//! 3. Host 1 is killed (-9) while its VM writes the disk; after the lease timeout host 2
+//!    takes the disk over (replaying host 1's journal) and its VM starts and writes.
+//!    `vmk disk check --repair` fixes what the kill left in the VMDK (it may leak grains),
+//!    and `vmk datastore fsck` finds the volume clean at the end.
 //!
 //! Needs Debian's mirror (or a warm image cache) like the other guest tests.
 
@@ -37,8 +39,14 @@ write)
     exit 0
     ;;
 hold)
-    echo "ds-test: holding the disk"
-    while :; do sleep 1; done
+    # Keeps writing (and flushing) until the host is killed under it.
+    i=0
+    while :; do
+        dd if=/dev/urandom of=/dev/vda bs=64k count=4 seek=$(( (i * 7) % 1000 )) 2>/dev/null
+        sync
+        [ $i = 3 ] && echo "ds-test: holding the disk"
+        i=$((i + 1))
+    done
     ;;
 esac
 exit 99
@@ -398,6 +406,25 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // What the kill left in the VMDK (leaked grains at worst) is repaired; then it is clean.
+    let rep = ok(
+        vmk(&[
+            "disk",
+            "check",
+            "--repair",
+            disk,
+            "--datastore-device",
+            &vols,
+        ]),
+        "disk check --repair",
+    );
+    eprintln!("disk check --repair after the kill:\n{rep}");
+    let rep = ok(
+        vmk(&["disk", "check", disk, "--datastore-device", &vols]),
+        "disk check",
+    );
+    assert!(rep.contains("no problems found"), "{rep}");
 
     let fsck = ok(vmk(&["datastore", "fsck", &vols]), "datastore fsck");
     assert!(fsck.contains("clean"), "{fsck}");
