@@ -41,6 +41,8 @@ pub enum DiskCommand {
         /// New size, e.g. 20G.
         #[arg(long, value_parser = parse_size)]
         size: u64,
+        #[command(flatten)]
+        ds: DsArgs,
     },
 }
 
@@ -251,10 +253,15 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
                 start.elapsed().as_secs_f64()
             );
         }
-        DiskCommand::Grow { path, size } => {
-            let mut disk = Vmdk::open(&path, OpenMode::ReadWrite)?;
+        DiskCommand::Grow { path, size, ds } => {
+            let st = ds_storage(&path, &ds)?;
+            let mut disk = match &st {
+                Some(st) => Vmdk::open_on(Arc::new(st.clone()), &path, OpenMode::ReadWrite)?,
+                None => Vmdk::open(&path, OpenMode::ReadWrite)?,
+            };
             disk.grow(size)?;
             disk.close()?;
+            unmount(st)?;
             println!("{} is now {size} bytes", path.display());
         }
     }

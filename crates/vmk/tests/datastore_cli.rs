@@ -92,6 +92,17 @@ fn disks_on_a_datastore_from_the_command_line() {
         a.extend(dev);
         assert!(ok(&a).contains("no problems found"));
     }
+    // Grow: the flat extent file on the datastore grows with the disk.
+    let mut a = vec!["disk", "grow", "--size", "200M", split];
+    a.extend(dev);
+    ok(&a);
+    let mut a = vec!["disk", "info", split];
+    a.extend(dev);
+    let info = ok(&a);
+    assert!(
+        info.contains("capacity: 209715200") && info.contains("file_size: 209715200"),
+        "{info}"
+    );
     // Clear errors.
     let e = err(&["disk", "create", "--size", "1M", "[ds1] vm1/x.vmdk"]);
     assert!(e.contains("--datastore-device"), "{e}");
