@@ -336,6 +336,52 @@ mod tests {
         assert!(s1.open(Path::new("[other] vm1/thin.vmdk"), false).is_err());
     }
 
+    /// Two hosts race to open one (two-file) VMDK for writing, many times: exactly one wins
+    /// each time, and the loser holds nothing afterwards (the winner's next open works).
+    #[test]
+    fn racing_writers_exactly_one_wins() {
+        let (s1, s2, _d1) = two_hosts();
+        let p = Path::new("[ds1] race/disk.vmdk");
+        Vmdk::create_on(
+            s1.clone(),
+            p,
+            &CreateOptions::new(4 << 20, Subformat::MonolithicFlat),
+        )
+        .unwrap()
+        .close()
+        .unwrap();
+        let mut wins = [0u32; 2];
+        for round in 0..20 {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let opens: Vec<_> = [s1.clone(), s2.clone()]
+                .into_iter()
+                .map(|st| {
+                    let b = barrier.clone();
+                    std::thread::spawn(move || {
+                        b.wait();
+                        Vmdk::open_on(st, Path::new("[ds1] race/disk.vmdk"), OpenMode::ReadWrite)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = opens.into_iter().map(|h| h.join().unwrap()).collect();
+            let ok: Vec<usize> = (0..2).filter(|&i| results[i].is_ok()).collect();
+            assert_eq!(ok.len(), 1, "round {round}: {results:?}");
+            let loser = 1 - ok[0];
+            assert!(
+                matches!(&results[loser], Err(VmdkError::InUse { why, .. }) if why.contains("locked")),
+                "round {round}: {:?}",
+                results[loser]
+            );
+            wins[ok[0]] += 1;
+            for r in results {
+                if let Ok(d) = r {
+                    d.close().unwrap();
+                }
+            }
+        }
+        eprintln!("host 1 won {} rounds, host 2 {}", wins[0], wins[1]);
+    }
+
     #[test]
     fn paths() {
         let d = DsPath::parse("[ds1] vm1/disk.vmdk").unwrap().unwrap();
