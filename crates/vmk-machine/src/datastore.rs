@@ -373,10 +373,8 @@ mod tests {
                 results[loser]
             );
             wins[ok[0]] += 1;
-            for r in results {
-                if let Ok(d) = r {
-                    d.close().unwrap();
-                }
+            for d in results.into_iter().flatten() {
+                d.close().unwrap();
             }
         }
         eprintln!("host 1 won {} rounds, host 2 {}", wins[0], wins[1]);
