@@ -228,6 +228,7 @@ impl HostApi for FakeHost {
                 .count() as u32,
             uptime_secs: self.started.elapsed().as_secs(),
             dir: "/var/lib/vmk-fake".into(),
+            datastores: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`machine`], [`console`]: definition → machine configuration, outcome → exit, and the
 //!   console watcher; shared with `vmk run`.
 //! - [`validate`], [`inventory`]: checks of definitions, and the inventory on disk.
+//! - [`datastores`]: the datastores the host mounts, for disks named `[ds] dir/file.vmdk`.
 //! - [`runtime`]: the real host behind `HostApi` (inventory on disk, VM threads,
 //!   consoles, metrics).
 //! - [`api`]: the REST API (JSON over a Unix socket, optionally TCP + bearer token),
@@ -16,6 +17,7 @@
 pub mod api;
 pub mod client;
 pub mod console;
+pub mod datastores;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod inventory;

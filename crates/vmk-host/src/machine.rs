@@ -56,6 +56,8 @@ pub fn disk_spec(d: &DiskDef) -> DiskSpec {
         path: d.path.clone(),
         read_only: d.read_only,
         serial: d.serial.clone(),
+        // Datastore disks get their storage from the host's mounted datastores.
+        storage: None,
     }
 }
 

@@ -219,6 +219,41 @@ pub struct HostConfig {
     /// Optional remote API over TCP; every request needs the bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpApiConfig>,
+    // ---- datastores ----
+    /// Datastores the host mounts at start (`[[datastore]]`); VM disks name them as
+    /// `[NAME] dir/file.vmdk`.
+    #[serde(default, rename = "datastore", skip_serializing_if = "Vec::is_empty")]
+    pub datastores: Vec<DatastoreConfig>,
+}
+
+// ---- datastores ----
+
+/// A datastore the host mounts (`vmk datastore create` made it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatastoreConfig {
+    /// The name disk paths use: `[NAME] dir/file.vmdk`.
+    pub name: String,
+    /// The volume: a file, a block device, `nbd:HOST:PORT[/EXPORT]` or `nbd+unix:SOCKET`.
+    pub device: String,
+    /// Host ID on the volume (1..=32; every host sharing it needs its own). Default: the
+    /// first free heartbeat slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<u32>,
+}
+
+/// A configured datastore as the host sees it (`host info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatastoreStatus {
+    pub name: String,
+    pub device: String,
+    /// `mounted`, or `error` (see `error`: the host runs without it).
+    pub state: String,
+    /// The host ID this host has on the volume, when mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +279,7 @@ impl Default for HostConfig {
             dir: default_host_dir(),
             socket: default_socket(),
             tcp: None,
+            datastores: Vec::new(),
         }
     }
 }
@@ -306,6 +342,9 @@ pub struct HostInfo {
     pub uptime_secs: u64,
     /// The host directory (inventory, console logs).
     pub dir: PathBuf,
+    /// The configured datastores, mounted or not (and why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datastores: Vec<DatastoreStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -43,6 +43,7 @@ use vmk_devices::UartInput;
 use vmk_machine::{Vm, VmController, VmOutcome, VmStats};
 
 use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
+use crate::datastores::Datastores;
 use crate::inventory::{self, InventoryError, PersistedState};
 use crate::machine;
 use crate::model::*;
@@ -231,6 +232,9 @@ pub struct Host {
     shutting_down: AtomicBool,
     /// Held (flock) while the host lives: two hosts on one directory would corrupt it.
     _lock: File,
+    // ---- datastores ----
+    /// Mounted at open; unmounted when the host (and every VM's disk) is gone.
+    datastores: Arc<Datastores>,
 }
 
 impl Host {
@@ -271,6 +275,8 @@ impl Host {
                 e.message
             );
         }
+        // Before autostart: VMs may have their disks on datastores.
+        let datastores = Arc::new(Datastores::mount_all(&cfg.datastores));
         let mut vms = BTreeMap::new();
         for l in loaded {
             let name = l.definition.name.clone();
@@ -284,6 +290,7 @@ impl Host {
             errors: Mutex::new(errors),
             shutting_down: AtomicBool::new(false),
             _lock: dir_lock,
+            datastores,
         });
         let autostart: Vec<String> = lock(&host.vms)
             .values()
@@ -398,9 +405,10 @@ impl Host {
         };
         let (tx, rx) = mpsc::channel();
         let entry = e.clone();
+        let ds = self.datastores.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vm-{}", e.name))
-            .spawn(move || runner(entry, def, tx));
+            .spawn(move || runner(entry, def, tx, ds));
         if let Err(err) = spawned {
             let reason = format!("cannot start the VM's thread: {err}");
             finish_session(
@@ -658,8 +666,9 @@ fn new_entry(name: String, dir: PathBuf, def: VmDefinition, saved: PersistedStat
 }
 
 /// Builds a machine for `def` whose console goes to `pump`; panics are caught.
-fn build(def: &VmDefinition, pump: &Pump) -> Result<Vm, BuildFailure> {
-    let cfg = machine::vm_config(def, pump.sink()).map_err(BuildFailure::Refused)?;
+fn build(def: &VmDefinition, pump: &Pump, ds: &Datastores) -> Result<Vm, BuildFailure> {
+    let mut cfg = machine::vm_config(def, pump.sink()).map_err(BuildFailure::Refused)?;
+    ds.attach(def, &mut cfg).map_err(BuildFailure::Refused)?;
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Vm::new(cfg))) {
         Ok(Ok(vm)) => Ok(vm),
         Ok(Err(e @ vmk_machine::VmError::Memory(_))) => Err(BuildFailure::Internal(e.to_string())),
@@ -696,7 +705,12 @@ fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
 }
 
 /// The runner thread of one power-on session: build, run, and again after a reboot.
-fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), BuildFailure>>) {
+fn runner(
+    e: Arc<VmEntry>,
+    def: VmDefinition,
+    first: mpsc::Sender<Result<(), BuildFailure>>,
+    ds: Arc<Datastores>,
+) {
     let mut first = Some(first);
     loop {
         let pump = match Pump::start(&e.name, e.console.clone()) {
@@ -716,7 +730,7 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
                 return;
             }
         };
-        let vm = match build(&def, &pump) {
+        let vm = match build(&def, &pump, &ds) {
             Ok(vm) => vm,
             Err(f) => {
                 drop(pump);
@@ -859,6 +873,7 @@ impl HostApi for Host {
             vms_running: running as u32,
             uptime_secs: self.started.elapsed().as_secs(),
             dir: self.dir.clone(),
+            datastores: self.datastores.status(),
         }
     }
 
@@ -875,6 +890,7 @@ impl HostApi for Host {
 
     fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError> {
         validate_definition(&def, &self.limits)?;
+        self.datastores.check_definition(&def)?;
         let mut vms = lock(&self.vms);
         if vms.contains_key(&def.name) {
             return Err(HostError::AlreadyExists(format!(

@@ -441,3 +441,119 @@ fn host_info_and_metrics() {
     assert_eq!(all.host.vms_running, 1);
     h.poweroff("m").unwrap();
 }
+
+// ---- datastores ----
+
+/// Two hosts in this process (host IDs 1 and 2 on one volume file): a VM's disk on the
+/// datastore is locked by the host that runs it; the other host's VM on it is refused with
+/// who holds it, and starts once the first VM is powered off. A datastore that cannot be
+/// mounted is reported, and the host runs without it.
+#[test]
+fn datastore_disks_have_one_writer_across_hosts() {
+    use vmk_machine::datastore::DatastoreStorage;
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = tmp.path().join("vol.img");
+    std::fs::File::create(&vol)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let dev = |ro| vmk_vmfs::open_device(&vol.to_string_lossy(), ro).unwrap();
+    vmk_vmfs::Datastore::create(
+        dev(false),
+        &vmk_vmfs::CreateOptions {
+            label: "ds1".into(),
+            renew_ms: 100,
+            lease_timeout_ms: 1000,
+            io_timeout_ms: 50,
+            ..vmk_vmfs::CreateOptions::default()
+        },
+    )
+    .unwrap();
+    {
+        let ds = vmk_vmfs::Datastore::mount(dev(false), &Default::default()).unwrap();
+        let st = DatastoreStorage::new("ds1", Arc::new(ds));
+        vmk_vmdk::Vmdk::create_on(
+            Arc::new(st),
+            Path::new("[ds1] vm1/disk.vmdk"),
+            &vmk_vmdk::CreateOptions::new(8 << 20, vmk_vmdk::Subformat::MonolithicSparse),
+        )
+        .unwrap()
+        .close()
+        .unwrap();
+    }
+    let garbage = tmp.path().join("garbage.img");
+    std::fs::write(&garbage, vec![0x5a; 1 << 20]).unwrap();
+    let open = |name: &str, id: u32| {
+        Host::open(&HostConfig {
+            dir: tmp.path().join(name),
+            datastores: vec![
+                DatastoreConfig {
+                    name: "ds1".into(),
+                    device: vol.to_string_lossy().into_owned(),
+                    host_id: Some(id),
+                },
+                DatastoreConfig {
+                    name: "junk".into(),
+                    device: garbage.to_string_lossy().into_owned(),
+                    host_id: None,
+                },
+            ],
+            ..HostConfig::default()
+        })
+        .expect("open host")
+    };
+    let (a, b) = (open("a", 1), open("b", 2));
+    let st = a.host_info().datastores;
+    assert_eq!(
+        (st[0].state.as_str(), st[0].host_id),
+        ("mounted", Some(1)),
+        "{st:?}"
+    );
+    assert_eq!(st[1].state, "error", "{st:?}");
+    assert!(
+        st[1]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not a vmk datastore"),
+        "{st:?}"
+    );
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.print("up\n").idle();
+    });
+    let with_disk = |name: &str, path: &str| {
+        let mut d = def(name, &k);
+        d.disks = vec![DiskDef {
+            path: path.into(),
+            read_only: false,
+            serial: None,
+        }];
+        d
+    };
+    for (path, why) in [
+        ("[ds1] vm1/none.vmdk", "no such file"),
+        ("[junk] vm1/disk.vmdk", "not mounted"),
+        ("[ds9] vm1/disk.vmdk", "no datastore named 'ds9'"),
+        ("[ds1 vm1/disk.vmdk", "no closing ']'"),
+    ] {
+        let e = a.create(with_disk("bad", path)).unwrap_err();
+        assert!(
+            matches!(&e, HostError::Invalid(m) if m.contains(why)),
+            "{path}: {e}"
+        );
+    }
+    a.create(with_disk("va", "[ds1] vm1/disk.vmdk")).unwrap();
+    b.create(with_disk("vb", "[ds1] vm1/disk.vmdk")).unwrap();
+    a.start("va").unwrap();
+    wait_state(&a, "va", VmState::Running);
+    let e = b.start("vb").unwrap_err();
+    assert!(
+        e.to_string().contains("locked exclusive by host 1 since"),
+        "{e}"
+    );
+    assert_eq!(b.info("vb").unwrap().state, VmState::Crashed);
+    a.poweroff("va").unwrap();
+    b.start("vb").unwrap();
+    wait_state(&b, "vb", VmState::Running);
+    b.poweroff("vb").unwrap();
+}

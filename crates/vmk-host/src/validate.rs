@@ -213,6 +213,19 @@ pub fn validate_definition(def: &VmDefinition, host: &HostLimits) -> Result<(), 
     }
     let mut seen = HashSet::new();
     for (i, d) in def.disks.iter().enumerate() {
+        // `[ds] dir/file.vmdk`: on a datastore, which the host checks (runtime: it knows
+        // what is mounted); here only the syntax and duplicates.
+        if let Some(p) = vmk_machine::datastore::DsPath::from_path(&d.path) {
+            let p = p.map_err(|e| HostError::Invalid(format!("VM '{name}': disk {i}: {e}")))?;
+            if !seen.insert(std::path::PathBuf::from(p.to_string())) {
+                return invalid(format!("VM '{name}': disk {i} '{p}' is attached twice"));
+            }
+            if let Some(s) = &d.serial {
+                check_disk_serial(s)
+                    .map_err(|e| HostError::Invalid(format!("VM '{name}': {e}")))?;
+            }
+            continue;
+        }
         check_file(&format!("VM '{name}': disk {i}"), &d.path)?;
         if let Some(s) = &d.serial {
             check_disk_serial(s).map_err(|e| HostError::Invalid(format!("VM '{name}': {e}")))?;

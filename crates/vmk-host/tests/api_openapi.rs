@@ -240,6 +240,22 @@ fn host_info() -> HostInfo {
         vms_running: 1,
         uptime_secs: 3,
         dir: "/var/lib/vmk".into(),
+        datastores: vec![
+            DatastoreStatus {
+                name: "ds1".into(),
+                device: "/srv/ds1.img".into(),
+                state: "mounted".into(),
+                host_id: Some(1),
+                error: None,
+            },
+            DatastoreStatus {
+                name: "ds2".into(),
+                device: "/srv/ds2.img".into(),
+                state: "error".into(),
+                host_id: None,
+                error: Some("not a vmk datastore".into()),
+            },
+        ],
     }
 }
 

@@ -35,6 +35,16 @@ impl BlockBackend for VmdkBackend {
 }
 
 pub fn open(spec: &DiskSpec) -> Result<Box<dyn BlockBackend>, VmError> {
+    let mode = if spec.read_only {
+        OpenMode::ReadOnly
+    } else {
+        OpenMode::ReadWrite
+    };
+    // On a datastore: a VMDK whose files the datastore locks (see `crate::datastore`).
+    if let Some(st) = &spec.storage {
+        let vmdk = Vmdk::open_on(st.0.clone(), &spec.path, mode).map_err(|e| disk_err(spec, e))?;
+        return Ok(Box::new(VmdkBackend(vmdk)));
+    }
     let format = detect_format(&spec.path).map_err(|e| {
         disk_err(
             spec,
@@ -43,11 +53,6 @@ pub fn open(spec: &DiskSpec) -> Result<Box<dyn BlockBackend>, VmError> {
     })?;
     match format {
         DiskFormat::Vmdk => {
-            let mode = if spec.read_only {
-                OpenMode::ReadOnly
-            } else {
-                OpenMode::ReadWrite
-            };
             let vmdk = Vmdk::open(&spec.path, mode).map_err(|e| disk_err(spec, e))?;
             Ok(Box::new(VmdkBackend(vmdk)))
         }

@@ -1,6 +1,7 @@
 //! Assembles a vmk virtual machine: guest memory map, devices, device tree, kernel loading,
 //! the SBI, and one host thread per vCPU.
 
+pub mod datastore;
 mod disk;
 pub mod fdt;
 pub mod loader;
@@ -8,8 +9,8 @@ pub mod sbi;
 mod vm;
 
 pub use vm::{
-    Console, DiskSpec, DiskStats, NicSpec, VcpuStats, Vm, VmConfig, VmController, VmError,
-    VmOutcome, VmStats,
+    Console, DiskSpec, DiskStats, DiskStorage, NicSpec, VcpuStats, Vm, VmConfig, VmController,
+    VmError, VmOutcome, VmStats,
 };
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so

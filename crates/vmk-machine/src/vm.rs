@@ -71,7 +71,22 @@ pub struct DiskSpec {
     pub read_only: bool,
     /// virtio-blk serial (GET_ID), at most 20 bytes.
     pub serial: Option<String>,
+    /// Where `path` is: `None` for the host's file system, or the storage (a mounted
+    /// datastore) a `[ds] dir/file.vmdk` path is on. Disks on a storage must be VMDKs.
+    pub storage: Option<DiskStorage>,
 }
+
+/// The storage of a [`DiskSpec`]; equal when it is the same storage object.
+#[derive(Clone, Debug)]
+pub struct DiskStorage(pub Arc<dyn vmk_vmdk::Storage>);
+
+impl PartialEq for DiskStorage {
+    fn eq(&self, other: &DiskStorage) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DiskStorage {}
 
 /// A virtual NIC to attach: a virtio-net device in front of `backend`, typically a
 /// `vmk_vswitch::VnicPort` (which gives the MAC and MTU the guest sees).

@@ -10,6 +10,7 @@ use crate::error::VmdkError;
 use crate::file::CrashSwitch;
 use crate::format::{decode_u32s, encode_u32s, Gte, SECTOR};
 use crate::sparse::SparseExtent;
+use crate::storage::Store;
 use crate::{OpenMode, Vmdk};
 
 /// What `check` found.
@@ -139,9 +140,9 @@ impl Bits {
     }
 }
 
-pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport, VmdkError> {
+pub(crate) fn check(path: &Path, repair: bool, store: &Store) -> Result<CheckReport, VmdkError> {
     let crash = CrashSwitch::new();
-    let mut parts = open_parts(path, repair, false, &crash)?;
+    let mut parts = open_parts(path, repair, false, &crash, store)?;
     let mut rep = CheckReport::default();
     let mut ctx = Ctx {
         rep: &mut rep,
@@ -201,7 +202,7 @@ pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport, VmdkError>
         } else {
             path.parent().unwrap_or(Path::new(".")).join(p)
         };
-        match Vmdk::open(&ppath, OpenMode::ReadOnly) {
+        match Vmdk::open_store(&ppath, OpenMode::ReadOnly, store) {
             Err(e) => ctx.add(
                 FindingKind::Parent,
                 path,
@@ -231,6 +232,7 @@ pub(crate) fn check(path: &Path, repair: bool) -> Result<CheckReport, VmdkError>
             &parts.desc,
             &mut parts.extents,
             &crash,
+            parts.desc_file.as_ref(),
         )?;
     }
     if ctx.rep.unclean_shutdown {

@@ -11,6 +11,7 @@ use crate::format::{
     encode_u32s, SparseHeader, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, MAX_SPARSE_SECTORS,
     SECTOR,
 };
+use crate::storage::Store;
 use crate::{CreateOptions, OpenMode, Subformat, Vmdk};
 
 /// Sectors reserved for an embedded descriptor (at least), as VMware and QEMU do.
@@ -68,7 +69,7 @@ pub(crate) fn check_grain(grain: u64) -> Result<(), VmdkError> {
 }
 
 /// Creates the files of a new disk.
-pub(crate) fn create(path: &Path, opts: &CreateOptions) -> Result<(), VmdkError> {
+pub(crate) fn create(path: &Path, opts: &CreateOptions, store: &Store) -> Result<(), VmdkError> {
     let f = opts.subformat;
     if f == Subformat::StreamOptimized {
         return Err(VmdkError::InvalidArgument(
@@ -76,7 +77,7 @@ pub(crate) fn create(path: &Path, opts: &CreateOptions) -> Result<(), VmdkError>
         ));
     }
     check_grain(opts.grain_size)?;
-    if path.exists() {
+    if exists(store, path) {
         return Err(VmdkError::AlreadyExists {
             path: path.to_path_buf(),
         });
@@ -95,7 +96,7 @@ pub(crate) fn create(path: &Path, opts: &CreateOptions) -> Result<(), VmdkError>
             } else {
                 path.parent().unwrap_or(Path::new(".")).join(p)
             };
-            let pd = Vmdk::open(&resolved, OpenMode::ReadOnly)?;
+            let pd = Vmdk::open_store(&resolved, OpenMode::ReadOnly, store)?;
             Some((pd.desc.cid, hint, pd.size()))
         }
     };
@@ -127,13 +128,23 @@ pub(crate) fn create(path: &Path, opts: &CreateOptions) -> Result<(), VmdkError>
     let mut desc = new_descriptor(opts, size, parent.map(|p| (p.0, p.1)));
     let crash = CrashSwitch::new();
     let mut made: Vec<PathBuf> = Vec::new();
-    let r = make_files(path, opts, size, &mut desc, &crash, &mut made);
+    let r = make_files(path, opts, size, &mut desc, &crash, &mut made, store);
     if r.is_err() {
         for p in made.iter().rev() {
-            let _ = std::fs::remove_file(p);
+            let _ = match store {
+                Some(st) => st.remove(p),
+                None => std::fs::remove_file(p),
+            };
         }
     }
     r
+}
+
+fn exists(store: &Store, path: &Path) -> bool {
+    match store {
+        Some(st) => st.exists(path),
+        None => path.exists(),
+    }
 }
 
 fn make_files(
@@ -143,6 +154,7 @@ fn make_files(
     desc: &mut Descriptor,
     crash: &Arc<CrashSwitch>,
     made: &mut Vec<PathBuf>,
+    store: &Store,
 ) -> Result<(), VmdkError> {
     let (dir, stem, ext) = name_parts(path);
     let grain_sectors = opts.grain_size / SECTOR;
@@ -171,6 +183,7 @@ fn make_files(
                 Some(&text),
                 opts.zeroed_grain,
                 crash,
+                store,
             );
             if let Err(VmdkError::AlreadyExists { .. }) = &f {
                 made.pop();
@@ -181,7 +194,7 @@ fn make_files(
         Subformat::MonolithicFlat | Subformat::Vmfs => {
             let name = format!("{stem}-flat{ext}");
             let p = dir.join(&name);
-            let f = ImageFile::create(&p, crash)?;
+            let f = ImageFile::create_on(store, &p, size, crash)?;
             made.push(p);
             f.set_len(size)?;
             let kind = if opts.subformat == Subformat::Vmfs {
@@ -207,6 +220,7 @@ fn make_files(
                         None,
                         opts.zeroed_grain,
                         crash,
+                        store,
                     );
                     if !matches!(r, Err(VmdkError::AlreadyExists { .. })) {
                         made.push(p);
@@ -215,7 +229,7 @@ fn make_files(
                     desc.extents
                         .push(line(ExtentType::Sparse, n / SECTOR, name));
                 } else {
-                    let f = ImageFile::create(&p, crash)?;
+                    let f = ImageFile::create_on(store, &p, n, crash)?;
                     made.push(p);
                     f.set_len(n)?;
                     desc.extents.push(line(ExtentType::Flat, n / SECTOR, name));
@@ -227,13 +241,19 @@ fn make_files(
         Subformat::StreamOptimized => unreachable!("refused by create"),
     }
     // The descriptor file last: without it the disk does not exist.
-    if path.exists() {
+    if exists(store, path) {
         return Err(VmdkError::AlreadyExists {
             path: path.to_path_buf(),
         });
     }
     made.push(path.to_path_buf());
-    write_file_atomic(path, desc.render().as_bytes(), crash)
+    if store.is_none() {
+        return write_file_atomic(path, desc.render().as_bytes(), crash);
+    }
+    // On a storage: a new file (created exclusively, so nobody else made one meanwhile).
+    let f = ImageFile::create_on(store, path, 0, crash)?;
+    f.write_at(0, desc.render().as_bytes(), "writing the descriptor")?;
+    f.sync()
 }
 
 /// Writes a new hosted sparse extent of `sectors` with all its grain tables (left as holes),
@@ -246,8 +266,10 @@ pub(crate) fn write_sparse_extent(
     descriptor: Option<&str>,
     zeroed_grain: bool,
     crash: &Arc<CrashSwitch>,
+    store: &Store,
 ) -> Result<ImageFile, VmdkError> {
-    let f = ImageFile::create(path, crash)?;
+    // A sparse extent grows as grains are written: no size hint (thin on a datastore).
+    let f = ImageFile::create_on(store, path, 0, crash)?;
     let h = sparse_layout(
         sectors,
         grain_sectors,

@@ -14,6 +14,7 @@ use crate::error::{DescriptorProblem, VmdkError};
 use crate::file::{CrashSwitch, ImageFile, Lock};
 use crate::format::{COWD_MAGIC, MAGIC, MAX_DESCRIPTOR_BYTES, SECTOR};
 use crate::sparse::{SparseExtent, Src};
+use crate::storage::{Storage, Store};
 use crate::{create, ExtentInfo, ExtentKind, OpenMode, Subformat, VmdkInfo, DEFAULT_SPLIT_SIZE};
 
 /// Deepest chain of delta disks vmk follows.
@@ -58,6 +59,8 @@ pub(crate) struct Parts {
     pub(crate) desc_loc: DescLoc,
     pub(crate) extents: Vec<Extent>,
     pub(crate) subformat: Subformat,
+    /// The descriptor file, kept open (and so locked) on a [`Storage`].
+    pub(crate) desc_file: Option<ImageFile>,
 }
 
 /// An open VMDK disk. See the [crate documentation](crate) for the format, the write order
@@ -79,6 +82,11 @@ pub struct Vmdk {
     failed: bool,
     closed: bool,
     pub(crate) crash: Arc<CrashSwitch>,
+    /// Where the files are (`None`: the host's file system).
+    store: Store,
+    /// The descriptor file on a storage, held open so that it stays locked with the extents
+    /// and is rewritten in place (a storage has no rename).
+    desc_file: Option<ImageFile>,
 }
 
 fn resolve(desc_path: &Path, name: &str) -> PathBuf {
@@ -129,13 +137,14 @@ pub(crate) fn open_parts(
     writable: bool,
     strict: bool,
     crash: &Arc<CrashSwitch>,
+    store: &Store,
 ) -> Result<Parts, VmdkError> {
     let lock = if writable {
         Lock::Exclusive
     } else {
         Lock::Shared
     };
-    let f = ImageFile::open(path, writable, crash)
+    let f = ImageFile::open_on(store, path, writable, crash)?
         .map_err(|e| VmdkError::io(path, "opening the image", 0, e))?;
     let len = f.len()?;
     let mut head = [0u8; 4];
@@ -183,6 +192,7 @@ pub(crate) fn open_parts(
             desc_loc,
             extents: vec![extent],
             subformat,
+            desc_file: None,
         });
     }
     if magic == COWD_MAGIC {
@@ -230,13 +240,14 @@ pub(crate) fn open_parts(
             resolve(path, &line.file)
         };
         let open = |w: bool| -> Result<ImageFile, VmdkError> {
-            let f =
-                ImageFile::open(&epath, w, crash).map_err(|source| VmdkError::MissingExtent {
+            let f = ImageFile::open_on(store, &epath, w, crash)?.map_err(|source| {
+                VmdkError::MissingExtent {
                     descriptor: path.to_path_buf(),
                     line: line.line,
                     extent: epath.clone(),
                     source,
-                })?;
+                }
+            })?;
             f.lock(if w { Lock::Exclusive } else { Lock::Shared })?;
             Ok(f)
         };
@@ -278,6 +289,7 @@ pub(crate) fn open_parts(
         desc,
         desc_loc: DescLoc::File,
         extents,
+        desc_file: f.on_store().then_some(f),
     })
 }
 
@@ -343,6 +355,18 @@ pub(crate) fn write_file_atomic(
     Ok(())
 }
 
+/// Replaces the contents of a descriptor file on a storage, which has no rename: one write
+/// of the whole text (a descriptor is a few hundred bytes, one sector or a few; a CID change
+/// keeps its length), then the length, then a flush. A process crash cannot tear a single
+/// write; a power loss in the middle may, as it may for any in-place update.
+fn rewrite_in_place(f: &ImageFile, text: &[u8]) -> Result<(), VmdkError> {
+    f.write_at(0, text, "rewriting the descriptor")?;
+    if f.len()? != text.len() as u64 {
+        f.set_len(text.len() as u64)?;
+    }
+    f.sync()
+}
+
 /// Writes the descriptor where it lives.
 pub(crate) fn store_descriptor(
     path: &Path,
@@ -350,11 +374,15 @@ pub(crate) fn store_descriptor(
     desc: &Descriptor,
     extents: &mut [Extent],
     crash: &CrashSwitch,
+    desc_file: Option<&ImageFile>,
 ) -> Result<(), VmdkError> {
     let text = desc.render();
     match loc {
         DescLoc::None => Ok(()),
-        DescLoc::File => write_file_atomic(path, text.as_bytes(), crash),
+        DescLoc::File => match desc_file {
+            Some(f) => rewrite_in_place(f, text.as_bytes()),
+            None => write_file_atomic(path, text.as_bytes(), crash),
+        },
         DescLoc::Embedded => {
             let Some(Extent {
                 kind: Kind::Sparse(sp),
@@ -417,13 +445,36 @@ impl Vmdk {
     /// opens set uncleanShutdown in every sparse extent until [`Vmdk::close`]. Delta disks
     /// open their parents read-only.
     pub fn open(path: &Path, mode: OpenMode) -> Result<Vmdk, VmdkError> {
-        Vmdk::open_at_depth(path, mode, 0)
+        Vmdk::open_at_depth(path, mode, 0, &None)
     }
 
-    fn open_at_depth(path: &Path, mode: OpenMode, depth: usize) -> Result<Vmdk, VmdkError> {
+    /// Opens the disk at `path` on `storage` (its extents and parent too): see
+    /// [`crate::storage`]. Every file stays open, and so locked, until the disk is closed.
+    pub fn open_on(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        mode: OpenMode,
+    ) -> Result<Vmdk, VmdkError> {
+        Vmdk::open_at_depth(path, mode, 0, &Some(storage))
+    }
+
+    pub(crate) fn open_store(
+        path: &Path,
+        mode: OpenMode,
+        store: &Store,
+    ) -> Result<Vmdk, VmdkError> {
+        Vmdk::open_at_depth(path, mode, 0, store)
+    }
+
+    fn open_at_depth(
+        path: &Path,
+        mode: OpenMode,
+        depth: usize,
+        store: &Store,
+    ) -> Result<Vmdk, VmdkError> {
         let crash = CrashSwitch::new();
         let writable = mode == OpenMode::ReadWrite;
-        let parts = open_parts(path, writable, true, &crash)?;
+        let parts = open_parts(path, writable, true, &crash, store)?;
         if writable {
             for e in &parts.extents {
                 if let Kind::Sparse(sp) = &e.kind {
@@ -456,7 +507,7 @@ impl Vmdk {
                     hint: "the parentFileNameHint lines may form a loop".into(),
                 });
             }
-            let p = Vmdk::open_at_depth(&ppath, OpenMode::ReadOnly, depth + 1)?;
+            let p = Vmdk::open_at_depth(&ppath, OpenMode::ReadOnly, depth + 1, store)?;
             if p.desc.cid != parts.desc.parent_cid {
                 return Err(VmdkError::ParentCidMismatch {
                     path: path.to_path_buf(),
@@ -489,6 +540,8 @@ impl Vmdk {
             failed: false,
             closed: false,
             crash,
+            store: store.clone(),
+            desc_file: parts.desc_file,
         };
         if writable {
             for e in &mut disk.extents {
@@ -502,14 +555,35 @@ impl Vmdk {
 
     /// Creates a disk (all its files; none may exist) and opens it read-write.
     pub fn create(path: &Path, opts: &crate::CreateOptions) -> Result<Vmdk, VmdkError> {
-        create::create(path, opts)?;
+        create::create(path, opts, &None)?;
         Vmdk::open(path, OpenMode::ReadWrite)
+    }
+
+    /// [`Vmdk::create`] on `storage`. Flat extents are created with their full size as the
+    /// storage's size hint (a datastore may allocate them eagerly), sparse ones grow.
+    pub fn create_on(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        opts: &crate::CreateOptions,
+    ) -> Result<Vmdk, VmdkError> {
+        let store = Some(storage);
+        create::create(path, opts, &store)?;
+        Vmdk::open_store(path, OpenMode::ReadWrite, &store)
     }
 
     /// Checks the disk at `path` (which must not be open elsewhere) and, with `repair`,
     /// repairs what a crash can leave: see [`CheckReport`] and the crate documentation.
     pub fn check(path: &Path, repair: bool) -> Result<CheckReport, VmdkError> {
-        check::check(path, repair)
+        check::check(path, repair, &None)
+    }
+
+    /// [`Vmdk::check`] of a disk on `storage`.
+    pub fn check_on(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        repair: bool,
+    ) -> Result<CheckReport, VmdkError> {
+        check::check(path, repair, &Some(storage))
     }
 
     /// Capacity in bytes.
@@ -649,6 +723,7 @@ impl Vmdk {
             &self.desc,
             &mut self.extents,
             &self.crash,
+            self.desc_file.as_ref(),
         )?;
         self.cid_updated = true;
         Ok(())
@@ -777,6 +852,7 @@ impl Vmdk {
             &self.desc,
             &mut self.extents,
             &self.crash,
+            self.desc_file.as_ref(),
         )
     }
 
@@ -807,9 +883,10 @@ impl Vmdk {
                 None,
                 zero,
                 &self.crash,
+                &self.store,
             )?
         } else {
-            let f = ImageFile::create(&epath, &self.crash)?;
+            let f = ImageFile::create_on(&self.store, &epath, size, &self.crash)?;
             f.set_len(size)?;
             f
         };
@@ -914,7 +991,9 @@ impl Vmdk {
                 writable: e.writable,
             });
         }
-        let desc_bytes = if self.desc_loc == DescLoc::File {
+        let desc_bytes = if let Some(f) = &self.desc_file {
+            f.allocated()
+        } else if self.desc_loc == DescLoc::File {
             std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
         } else {
             0

@@ -98,6 +98,11 @@ pub enum VmdkError {
     #[error("{}: the image is in use (locked by another open); close the VM or tool that uses it", path.display())]
     Locked { path: PathBuf },
 
+    /// A file of a [`crate::Storage`] (a datastore) is opened elsewhere in a conflicting
+    /// mode; `why` is the storage's account of who holds it and since when.
+    #[error("{}: {why}", path.display())]
+    InUse { path: PathBuf, why: String },
+
     /// A delta disk whose parent changed after the delta was made.
     #[error("{}: parentCID is {expected:08x} but the parent {} has CID {found:08x}: the parent \
              was modified after this disk was created on top of it, so this disk's contents are \
@@ -155,7 +160,7 @@ impl From<VmdkError> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             VmdkError::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
-            VmdkError::Locked { .. } => io::ErrorKind::WouldBlock,
+            VmdkError::Locked { .. } | VmdkError::InUse { .. } => io::ErrorKind::WouldBlock,
             VmdkError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
             VmdkError::MissingExtent { source, .. } => source.kind(),
             VmdkError::Unsupported { .. } => io::ErrorKind::Unsupported,

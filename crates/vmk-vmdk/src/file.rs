@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use crate::error::VmdkError;
+use crate::storage::{StorageFile, Store};
 
 /// Shared by the files of one disk: how many more writes reach the disk (-1: all).
 #[derive(Debug, Default)]
@@ -66,9 +67,34 @@ impl CrashSwitch {
 /// One open image file.
 #[derive(Debug)]
 pub(crate) struct ImageFile {
-    file: File,
+    io: Io,
     pub(crate) path: PathBuf,
     crash: Arc<CrashSwitch>,
+}
+
+/// A host file (flock, holes, SEEK_DATA), or a file of another [`Storage`] (locked by the
+/// storage when opened; no holes to ask about).
+#[derive(Debug)]
+enum Io {
+    Host(File),
+    Store(Box<dyn StorageFile>),
+}
+
+/// What a storage's refusal becomes: "in use" (with the storage's words on who holds it)
+/// or a plain I/O error.
+fn store_err(path: &Path, doing: &'static str, e: io::Error) -> VmdkError {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        VmdkError::InUse {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        }
+    } else if e.kind() == io::ErrorKind::AlreadyExists {
+        VmdkError::AlreadyExists {
+            path: path.to_path_buf(),
+        }
+    } else {
+        VmdkError::io(path, doing, 0, e)
+    }
 }
 
 /// Lock kinds for [`ImageFile::lock`].
@@ -86,10 +112,60 @@ impl ImageFile {
     ) -> io::Result<ImageFile> {
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
         Ok(ImageFile {
-            file,
+            io: Io::Host(file),
             path: path.to_path_buf(),
             crash: crash.clone(),
         })
+    }
+
+    /// Opens `path` on `store` (the host's file system when `None`). A storage's "in use"
+    /// refusal is [`VmdkError::InUse`]; other errors are `io::Error`s for the caller to
+    /// describe (a missing extent, say).
+    pub(crate) fn open_on(
+        store: &Store,
+        path: &Path,
+        writable: bool,
+        crash: &Arc<CrashSwitch>,
+    ) -> Result<io::Result<ImageFile>, VmdkError> {
+        let Some(st) = store else {
+            return Ok(ImageFile::open(path, writable, crash));
+        };
+        match st.open(path, writable) {
+            Ok(f) => Ok(Ok(ImageFile {
+                io: Io::Store(f),
+                path: path.to_path_buf(),
+                crash: crash.clone(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Err(store_err(path, "opening the file", e))
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Creates a new file on `store`; fails if it exists. `size_hint`: its final size.
+    pub(crate) fn create_on(
+        store: &Store,
+        path: &Path,
+        size_hint: u64,
+        crash: &Arc<CrashSwitch>,
+    ) -> Result<ImageFile, VmdkError> {
+        let Some(st) = store else {
+            return ImageFile::create(path, crash);
+        };
+        let f = st
+            .create(path, size_hint)
+            .map_err(|e| store_err(path, "creating the file", e))?;
+        Ok(ImageFile {
+            io: Io::Store(f),
+            path: path.to_path_buf(),
+            crash: crash.clone(),
+        })
+    }
+
+    /// True for a file of a [`Storage`] other than the host's file system.
+    pub(crate) fn on_store(&self) -> bool {
+        matches!(self.io, Io::Store(_))
     }
 
     /// Creates a new file; fails if it exists.
@@ -109,7 +185,7 @@ impl ImageFile {
                 }
             })?;
         Ok(ImageFile {
-            file,
+            io: Io::Host(file),
             path: path.to_path_buf(),
             crash: crash.clone(),
         })
@@ -119,13 +195,17 @@ impl ImageFile {
     /// process forked by another thread holds copies of our descriptors, and so our locks,
     /// until it execs.
     pub(crate) fn lock(&self, kind: Lock) -> Result<(), VmdkError> {
+        // A storage file was locked by its storage when it was opened.
+        let Io::Host(file) = &self.io else {
+            return Ok(());
+        };
         let op = match kind {
             Lock::Shared => libc::LOCK_SH,
             Lock::Exclusive => libc::LOCK_EX,
         } | libc::LOCK_NB;
         for _ in 0..50 {
             // SAFETY: flock on a file descriptor this struct owns.
-            let r = unsafe { libc::flock(self.file.as_raw_fd(), op) };
+            let r = unsafe { libc::flock(file.as_raw_fd(), op) };
             if r == 0 {
                 return Ok(());
             }
@@ -141,16 +221,34 @@ impl ImageFile {
     }
 
     pub(crate) fn len(&self) -> Result<u64, VmdkError> {
-        self.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| VmdkError::io(&self.path, "reading the file size", 0, e))
+        match &self.io {
+            Io::Host(file) => file.metadata().map(|m| m.len()),
+            Io::Store(f) => f.len(),
+        }
+        .map_err(|e| VmdkError::io(&self.path, "reading the file size", 0, e))
     }
 
     /// Bytes the file occupies on the host (allocated blocks).
     pub(crate) fn allocated(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
-        self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+        match &self.io {
+            Io::Host(file) => file.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
+            Io::Store(f) => f.allocated(),
+        }
+    }
+
+    fn raw_read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        match &self.io {
+            Io::Host(file) => file.read_at(buf, off),
+            Io::Store(f) => f.read_at(buf, off),
+        }
+    }
+
+    fn raw_write_all_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        match &self.io {
+            Io::Host(file) => file.write_all_at(buf, off),
+            Io::Store(f) => f.write_at(buf, off),
+        }
     }
 
     /// Reads `buf.len()` bytes at `off`; what lies past the end of the file reads as zeros.
@@ -162,7 +260,7 @@ impl ImageFile {
     ) -> Result<(), VmdkError> {
         let mut done = 0;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], off + done as u64) {
+            match self.raw_read_at(&mut buf[done..], off + done as u64) {
                 Ok(0) => {
                     buf[done..].fill(0);
                     return Ok(());
@@ -182,9 +280,19 @@ impl ImageFile {
         buf: &mut [u8],
         doing: &'static str,
     ) -> Result<(), VmdkError> {
-        self.file
-            .read_exact_at(buf, off)
-            .map_err(|e| VmdkError::io(&self.path, doing, off, e))
+        let mut done = 0;
+        while done < buf.len() {
+            match self.raw_read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) => {
+                    let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err(VmdkError::io(&self.path, doing, off + done as u64, e));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(VmdkError::io(&self.path, doing, off + done as u64, e)),
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn write_at(
@@ -196,8 +304,7 @@ impl ImageFile {
         if !self.crash.pass() {
             return Ok(());
         }
-        self.file
-            .write_all_at(buf, off)
+        self.raw_write_all_at(buf, off)
             .map_err(|e| VmdkError::io(&self.path, doing, off, e))
     }
 
@@ -205,9 +312,11 @@ impl ImageFile {
         if !self.crash.pass() {
             return Ok(());
         }
-        self.file
-            .set_len(len)
-            .map_err(|e| VmdkError::io(&self.path, "resizing the file", len, e))
+        match &self.io {
+            Io::Host(file) => file.set_len(len),
+            Io::Store(f) => f.set_len(len),
+        }
+        .map_err(|e| VmdkError::io(&self.path, "resizing the file", len, e))
     }
 
     /// fdatasync.
@@ -215,17 +324,23 @@ impl ImageFile {
         if self.crash.crashed() {
             return Ok(());
         }
-        self.file
-            .sync_data()
-            .map_err(|e| VmdkError::io(&self.path, "syncing the file", 0, e))
+        match &self.io {
+            Io::Host(file) => file.sync_data(),
+            Io::Store(f) => f.flush(),
+        }
+        .map_err(|e| VmdkError::io(&self.path, "syncing the file", 0, e))
     }
 
     /// The first offset at or after `off` that may hold data (SEEK_DATA); `None` when only
     /// holes follow.
     pub(crate) fn next_data(&self, off: u64) -> Option<u64> {
+        // A storage file does not tell its holes: it may hold data anywhere.
+        let Io::Host(file) = &self.io else {
+            return Some(off);
+        };
         // SAFETY: lseek on a file descriptor this struct owns; positioned I/O ignores the
         // file position it moves.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_DATA) };
         if r >= 0 {
             return Some(r as u64);
         }
@@ -238,8 +353,11 @@ impl ImageFile {
 
     /// The first hole at or after `off` (SEEK_HOLE; the end of the file counts as one).
     pub(crate) fn next_hole(&self, off: u64) -> u64 {
+        let Io::Host(file) = &self.io else {
+            return u64::MAX;
+        };
         // SAFETY: as in next_data.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off as libc::off_t, libc::SEEK_HOLE) };
+        let r = unsafe { libc::lseek(file.as_raw_fd(), off as libc::off_t, libc::SEEK_HOLE) };
         if r >= 0 {
             r as u64
         } else {
@@ -256,24 +374,25 @@ impl ImageFile {
         if !self.crash.pass() {
             return Ok(());
         }
-        // SAFETY: fallocate on a file descriptor this struct owns.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r == 0 {
-            return Ok(());
+        if let Io::Host(file) = &self.io {
+            // SAFETY: fallocate on a file descriptor this struct owns.
+            let r = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
         }
         let mut pos = off;
         let end = off + len;
         while pos < end {
             let n = (end - pos).min(ZEROS.len() as u64);
-            self.file
-                .write_all_at(&ZEROS[..n as usize], pos)
+            self.raw_write_all_at(&ZEROS[..n as usize], pos)
                 .map_err(|e| VmdkError::io(&self.path, "writing zeros", pos, e))?;
             pos += n;
         }

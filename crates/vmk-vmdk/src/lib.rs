@@ -107,6 +107,9 @@ mod file;
 pub mod format;
 pub mod fuzzing;
 mod sparse;
+pub mod storage;
+#[cfg(test)]
+mod storage_tests;
 mod stream;
 
 use std::fmt;
@@ -117,6 +120,7 @@ pub use check::{CheckReport, Finding, FindingKind};
 pub use convert::{convert, detect_format, DiskFormat, Target};
 pub use disk::{BlockKind, Vmdk};
 pub use error::{DescriptorProblem, HeaderProblem, TableKind, TableProblem, VmdkError};
+pub use storage::{Storage, StorageFile};
 
 /// The `createType` of a disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -97,6 +97,14 @@ impl Liveness {
         let Some(s) = &o.slot else {
             return HostState::Unknown;
         };
+        if s.generation < gen {
+            // A lock record names a generation of `host` newer than the last slot we read:
+            // it mounted after our last scan (slots are read every renewal). Not "gone": we
+            // have not seen that instance yet. Taking it for gone let a host take a lock
+            // that a just-mounted host had won a moment before (both opened a file
+            // exclusively).
+            return HostState::Unknown;
+        }
         if s.state != HB_LIVE || s.generation != gen {
             return HostState::Gone;
         }

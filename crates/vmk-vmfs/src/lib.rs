@@ -29,7 +29,7 @@ mod nbd;
 mod paxos;
 mod volume;
 
-pub use device::{BlockDevice, FileDevice, MemDevice};
+pub use device::{open_device, BlockDevice, FileDevice, MemDevice};
 pub use error::{LockMode, Result, VmfsError};
 pub use file::{FileOptions, VmfsFile, PREALLOC};
 pub use fs::{

@@ -289,3 +289,25 @@ fn crash_at_every_point_is_clean_after_replay() {
     }
     eprintln!("{count} writes, crash points every {step}: {replayed} left a journal to replay");
 }
+
+/// Host 1 opens a file exclusively right after host 2 mounted and took it: host 1's view of
+/// the heartbeats may predate host 2's mount, and must not count host 2 as gone (it took
+/// the lock over, and both hosts had the file open for writing).
+#[test]
+fn a_just_mounted_hosts_lock_is_not_taken_for_gone() {
+    for round in 0..10 {
+        let dev = new_volume(64 << 20);
+        let d1 = mount(&dev, 1);
+        d1.create_file("/r", &FileOptions::default())
+            .unwrap()
+            .close()
+            .unwrap();
+        let d2 = mount(&dev, 2);
+        let f2 = d2.open_file("/r", LockMode::Exclusive).unwrap();
+        match d1.open_file("/r", LockMode::Exclusive) {
+            Err(VmfsError::Locked { host: 2, .. }) => {}
+            other => panic!("round {round}: host 1 got {other:?} while host 2 holds /r"),
+        }
+        f2.close().unwrap();
+    }
+}

@@ -11,8 +11,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use vmk_vmfs::fsck::{self, FsckOptions};
 use vmk_vmfs::{
-    BlockDevice, CreateOptions, Datastore, FileDevice, FileOptions, LockMode, MountOptions,
-    NbdDevice, VmfsError,
+    BlockDevice, CreateOptions, Datastore, FileOptions, LockMode, MountOptions, VmfsError,
 };
 
 use crate::CmdError;
@@ -70,6 +69,9 @@ pub enum DatastoreCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Mount DEV read-only on DIR with FUSE (browse it with ls, cp, sha256sum...), in the
+    /// foreground until `umount DIR` or Ctrl-C. Takes no host ID and no locks.
+    Mount { dev: String, dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -97,14 +99,7 @@ pub struct MountArgs {
 
 /// Opens DEV: a file or block device, `nbd:HOST:PORT[/EXPORT]` or `nbd+unix:SOCKET`.
 pub fn open_dev(spec: &str, read_only: bool) -> Result<Box<dyn BlockDevice>, VmfsError> {
-    if let Some(rest) = spec.strip_prefix("nbd+unix:") {
-        return Ok(Box::new(NbdDevice::connect_unix(rest.as_ref(), "")?));
-    }
-    if let Some(rest) = spec.strip_prefix("nbd:") {
-        let (addr, export) = rest.split_once('/').unwrap_or((rest, ""));
-        return Ok(Box::new(NbdDevice::connect_tcp(addr, export)?));
-    }
-    Ok(Box::new(FileDevice::open(Path::new(spec), read_only)?))
+    vmk_vmfs::open_device(spec, read_only)
 }
 
 fn mount(dev: &str, m: &MountArgs) -> Result<Datastore, CmdError> {
@@ -330,6 +325,7 @@ pub fn run(cmd: DatastoreCommand) -> Result<(), CmdError> {
                 u.sub_blocks
             );
         }
+        DatastoreCommand::Mount { dev, dir } => crate::datastore_fuse::mount(&dev, &dir)?,
         DatastoreCommand::Fsck { dev, repair } => {
             let report = fsck::check(
                 open_dev(&dev, !repair)?,

@@ -1,27 +1,37 @@
 //! `vmk disk ...`: virtual disks, in the spirit of vmkfstools.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use vmk_machine::datastore::{DatastoreStorage, DsPath};
 use vmk_vmdk::{convert, CreateOptions, OpenMode, Subformat, Target, Vmdk};
+use vmk_vmfs::{Datastore, MountOptions};
 
 use crate::CmdError;
 use vmk_host::model::parse_size;
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {
-    /// Create a VMDK virtual disk.
+    /// Create a VMDK virtual disk (on a datastore: '[DS] dir/disk.vmdk' with
+    /// --datastore-device).
     Create(CreateArgs),
     /// Show a disk's format, size, extents and allocation.
-    Info { path: PathBuf },
+    Info {
+        path: PathBuf,
+        #[command(flatten)]
+        ds: DsArgs,
+    },
     /// Check a VMDK for what a crash can leave (leaked grains, stale redundant tables).
     Check {
         path: PathBuf,
         /// Repair what can be repaired.
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        ds: DsArgs,
     },
     /// Copy a disk to another format (VMDK subformats or raw), skipping unallocated space.
     Convert(ConvertArgs),
@@ -31,6 +41,8 @@ pub enum DiskCommand {
         /// New size, e.g. 20G.
         #[arg(long, value_parser = parse_size)]
         size: u64,
+        #[command(flatten)]
+        ds: DsArgs,
     },
 }
 
@@ -41,9 +53,90 @@ pub struct CreateArgs {
     #[arg(long, value_parser = parse_size)]
     pub size: u64,
     /// monolithicSparse (default), monolithicFlat, twoGbMaxExtentSparse,
-    /// twoGbMaxExtentFlat, streamOptimized.
-    #[arg(long = "type", default_value = "monolithicSparse", value_parser = parse_subformat)]
+    /// twoGbMaxExtentFlat, vmfs; on a datastore also eagerZeroedThick (a flat disk
+    /// whose blocks are allocated and zeroed now).
+    #[arg(long = "type", default_value = "monolithicSparse", value_parser = parse_create_type)]
+    pub subformat: CreateType,
+    #[command(flatten)]
+    pub ds: DsArgs,
+}
+
+/// How to reach the datastore of a `[DS] dir/file.vmdk` path from the command line.
+#[derive(Debug, Clone, Args)]
+pub struct DsArgs {
+    /// The datastore's volume (file, block device, nbd:HOST:PORT or nbd+unix:SOCKET), for
+    /// a PATH of the form '[DS] dir/file.vmdk'. Mounted for this command only; a disk that
+    /// a running host's VM has open is refused as locked.
+    #[arg(long, value_name = "DEV")]
+    pub datastore_device: Option<String>,
+    /// Host ID on the datastore (default: the first free one).
+    #[arg(long, requires = "datastore_device")]
+    pub host_id: Option<u32>,
+}
+
+/// `--type`: a VMDK subformat, or eagerZeroedThick (a flat disk eagerly allocated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateType {
     pub subformat: Subformat,
+    pub eager_zeroed: bool,
+}
+
+fn parse_create_type(s: &str) -> Result<CreateType, String> {
+    if s.eq_ignore_ascii_case("eagerZeroedThick") || s.eq_ignore_ascii_case("eagerZeroed") {
+        return Ok(CreateType {
+            subformat: Subformat::Vmfs,
+            eager_zeroed: true,
+        });
+    }
+    Ok(CreateType {
+        subformat: parse_subformat(s)?,
+        eager_zeroed: false,
+    })
+}
+
+/// The datastore of `path` when it is `[DS] dir/file`: mounted from `--datastore-device`.
+/// `None` for a host path.
+fn ds_storage(path: &Path, a: &DsArgs) -> Result<Option<DatastoreStorage>, CmdError> {
+    let Some(p) = DsPath::from_path(path) else {
+        if a.datastore_device.is_some() {
+            return Err(format!(
+                "--datastore-device is for a datastore path '[DS] dir/file.vmdk', not {}",
+                path.display()
+            )
+            .into());
+        }
+        return Ok(None);
+    };
+    let p = p?;
+    let Some(dev) = &a.datastore_device else {
+        return Err(format!(
+            "{p} is on datastore '{}': give its volume with --datastore-device DEV",
+            p.datastore
+        )
+        .into());
+    };
+    let ds = Datastore::mount(
+        vmk_vmfs::open_device(dev, false)?,
+        &MountOptions {
+            host_id: a.host_id,
+            ..MountOptions::default()
+        },
+    )
+    .map_err(|e| format!("datastore '{}' ({dev}): {e}", p.datastore))?;
+    Ok(Some(DatastoreStorage::new(&p.datastore, Arc::new(ds))))
+}
+
+/// Unmounts after the command, reporting a failure (the heartbeat slot stays "mounted"
+/// until the lease times out otherwise).
+fn unmount(st: Option<DatastoreStorage>) -> Result<(), CmdError> {
+    if let Some(st) = st {
+        let ds = st.datastore().clone();
+        drop(st);
+        if let Ok(ds) = Arc::try_unwrap(ds) {
+            ds.unmount()?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -62,25 +155,60 @@ fn parse_subformat(s: &str) -> Result<Subformat, String> {
 pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
     match cmd {
         DiskCommand::Create(a) => {
-            let disk = Vmdk::create(&a.path, &CreateOptions::new(a.size, a.subformat))?;
+            let opts = CreateOptions::new(a.size, a.subformat.subformat);
+            let st = ds_storage(&a.path, &a.ds)?;
+            let disk = match &st {
+                Some(st) => {
+                    let st = st.clone().with_eager_zeroed(a.subformat.eager_zeroed);
+                    if a.subformat.eager_zeroed {
+                        eprintln!(
+                            "allocating and zeroing {} MiB on the datastore...",
+                            a.size >> 20
+                        );
+                    }
+                    Vmdk::create_on(Arc::new(st), &a.path, &opts)?
+                }
+                None if a.subformat.eager_zeroed => {
+                    return Err("--type eagerZeroedThick is for disks on a datastore; on the                                 host use monolithicFlat"
+                        .into())
+                }
+                None => Vmdk::create(&a.path, &opts)?,
+            };
             let info = disk.info();
             disk.close()?;
+            unmount(st)?;
             println!(
-                "created {} ({}, {} bytes)",
+                "created {} ({}{}, {} bytes)",
                 a.path.display(),
                 info.subformat,
+                if a.subformat.eager_zeroed {
+                    ", eager-zeroed"
+                } else {
+                    ""
+                },
                 info.capacity
             );
         }
-        DiskCommand::Info { path } => {
-            let mut disk = Vmdk::open(&path, OpenMode::ReadOnly)?;
+        DiskCommand::Info { path, ds } => {
+            let st = ds_storage(&path, &ds)?;
+            let mut disk = match &st {
+                Some(st) => Vmdk::open_on(Arc::new(st.clone()), &path, OpenMode::ReadOnly)?,
+                None => Vmdk::open(&path, OpenMode::ReadOnly)?,
+            };
             let allocated = disk.allocated_grains()?;
             let info = disk.info();
+            drop(disk);
+            unmount(st)?;
             println!("{info:#?}");
             println!("allocated grains: {allocated}");
         }
-        DiskCommand::Check { path, repair } => {
-            let report = Vmdk::check(&path, repair)?;
+        DiskCommand::Check { path, repair, ds } => {
+            let st = ds_storage(&path, &ds)?;
+            let report = match &st {
+                Some(st) => Vmdk::check_on(Arc::new(st.clone()), &path, repair)?,
+                None => Vmdk::check(&path, repair)?,
+            };
+            unmount(st)?;
             println!("{report}");
             if report.unrepaired().next().is_some() {
                 return Err(format!(
@@ -125,10 +253,15 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
                 start.elapsed().as_secs_f64()
             );
         }
-        DiskCommand::Grow { path, size } => {
-            let mut disk = Vmdk::open(&path, OpenMode::ReadWrite)?;
+        DiskCommand::Grow { path, size, ds } => {
+            let st = ds_storage(&path, &ds)?;
+            let mut disk = match &st {
+                Some(st) => Vmdk::open_on(Arc::new(st.clone()), &path, OpenMode::ReadWrite)?,
+                None => Vmdk::open(&path, OpenMode::ReadWrite)?,
+            };
             disk.grow(size)?;
             disk.close()?;
+            unmount(st)?;
             println!("{} is now {size} bytes", path.display());
         }
     }

@@ -132,7 +132,7 @@ fn start(config: Option<&Path>) -> Result<(), CmdError> {
 }
 
 pub fn format_info(h: &HostInfo) -> String {
-    format!(
+    let mut out = format!(
         "host:      {}\nversion:   {}\ncpus:      {}\nmemory:    {}\nvms:       {} ({} running)\nuptime:    {}\ndirectory: {}\n",
         h.hostname,
         h.version,
@@ -142,7 +142,17 @@ pub fn format_info(h: &HostInfo) -> String {
         h.vms_running,
         fmt_duration(h.uptime_secs),
         h.dir.display()
-    )
+    );
+    // ---- datastores ----
+    for d in &h.datastores {
+        let state = match (&d.error, d.host_id) {
+            (Some(e), _) => format!("ERROR: {e}"),
+            (None, Some(id)) => format!("{} as host {id}", d.state),
+            (None, None) => d.state.clone(),
+        };
+        out.push_str(&format!("datastore: [{}] {} ({state})\n", d.name, d.device));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -174,6 +184,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read the host config"), "{e}");
+    }
+
+    #[test]
+    fn info_shows_datastores() {
+        let h = HostInfo {
+            hostname: "h".into(),
+            version: "0".into(),
+            cpus: 1,
+            memory: 1 << 30,
+            vms: 0,
+            vms_running: 0,
+            uptime_secs: 1,
+            dir: "/v".into(),
+            datastores: vec![
+                vmk_host::model::DatastoreStatus {
+                    name: "ds1".into(),
+                    device: "/srv/ds1.img".into(),
+                    state: "mounted".into(),
+                    host_id: Some(2),
+                    error: None,
+                },
+                vmk_host::model::DatastoreStatus {
+                    name: "ds2".into(),
+                    device: "/srv/none.img".into(),
+                    state: "error".into(),
+                    host_id: None,
+                    error: Some("cannot open /srv/none.img".into()),
+                },
+            ],
+        };
+        let s = format_info(&h);
+        assert!(
+            s.contains("datastore: [ds1] /srv/ds1.img (mounted as host 2)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("datastore: [ds2] /srv/none.img (ERROR: cannot open /srv/none.img)"),
+            "{s}"
+        );
     }
 
     #[test]

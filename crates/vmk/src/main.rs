@@ -5,6 +5,7 @@
 //! `host`, `vm`, ... as further variants of [`Command`].
 
 mod datastore;
+mod datastore_fuse;
 mod disk;
 mod host;
 mod image;
@@ -48,7 +49,8 @@ enum Command {
     Host(host::HostCommand),
     /// The host's VMs: create, list, info, start, stop, poweroff, reset, delete, console, top.
     Vm(vm::VmArgs),
-    /// VMFS-style datastores shared by up to 32 hosts: create, info, ls, cp, rm, mkdir, df, fsck.
+    /// VMFS-style datastores shared by up to 32 hosts: create, info, ls, cp, rm, mkdir, df,
+    /// fsck, mount (FUSE, read-only).
     #[command(subcommand)]
     Datastore(datastore::DatastoreCommand),
 }

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use clap::Args;
 use vmk_host::console::StatusWatcher;
-use vmk_host::model::{parse_size, Boot, ByteSize, DiskDef, ExitInfo, Resources, VmDefinition};
+use vmk_host::datastores::Datastores;
+use vmk_host::model::{
+    parse_size, Boot, ByteSize, DatastoreConfig, DiskDef, ExitInfo, Resources, VmDefinition,
+};
 use vmk_machine::{Console, Vm};
 
 use crate::term::RawMode;
@@ -37,6 +40,36 @@ pub struct RunArgs {
     /// the order given. Options: `readonly`, `serial=S` (at most 20 bytes).
     #[arg(long = "disk", value_name = "PATH[,readonly][,serial=S]", value_parser = parse_disk)]
     pub disks: Vec<DiskDef>,
+    /// A datastore for disks named '[NAME] dir/file.vmdk': its volume (file, block device,
+    /// nbd:HOST:PORT, nbd+unix:SOCKET), mounted while the VM runs. `host-id=N` picks the
+    /// host ID on the volume (default: the first free one).
+    #[arg(long = "datastore", value_name = "NAME=DEV[,host-id=N]", value_parser = parse_datastore)]
+    pub datastores: Vec<DatastoreConfig>,
+}
+
+/// Parses `NAME=DEV[,host-id=N]`.
+pub fn parse_datastore(s: &str) -> Result<DatastoreConfig, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--datastore '{s}': give NAME=DEV (example: ds1=/srv/ds1.img)"))?;
+    let (dev, host_id) = match rest.rsplit_once(",host-id=") {
+        Some((dev, h)) => (
+            dev,
+            Some(
+                h.parse::<u32>()
+                    .map_err(|_| format!("--datastore '{s}': host-id '{h}' is not a number"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
+    if name.is_empty() || dev.is_empty() {
+        return Err(format!("--datastore '{s}': give NAME=DEV"));
+    }
+    Ok(DatastoreConfig {
+        name: name.to_string(),
+        device: dev.to_string(),
+        host_id,
+    })
 }
 
 /// Parses `PATH[,readonly][,serial=S]`.
@@ -141,7 +174,20 @@ pub fn run(args: RunArgs) -> Result<i32, CmdError> {
     let console = Arc::new(Terminal {
         watcher: Mutex::new(StatusWatcher::new()),
     });
-    let vm = Vm::new(vmk_host::machine::vm_config(&def, console.clone())?)?;
+    let mut cfg = vmk_host::machine::vm_config(&def, console.clone())?;
+    // Mounted before the VM and unmounted after it (dropped after `vm`).
+    let datastores = Datastores::mount_all(&args.datastores);
+    if let Some(bad) = datastores.status().iter().find(|d| d.error.is_some()) {
+        return Err(format!(
+            "datastore '{}' ({}): {}",
+            bad.name,
+            bad.device,
+            bad.error.as_deref().unwrap_or_default()
+        )
+        .into());
+    }
+    datastores.attach(&def, &mut cfg)?;
+    let vm = Vm::new(cfg)?;
     let raw = RawMode::enable();
     if raw.is_some() {
         eprint!("vmk: console attached; Ctrl-A x quits\r\n");
@@ -219,5 +265,26 @@ mod tests {
         assert!(parse_disk("x,serial=123456789012345678901")
             .unwrap_err()
             .contains("at most 20"));
+    }
+
+    #[test]
+    fn datastore_options() {
+        let d = parse_disk("[ds1] vm1/disk.vmdk,readonly").unwrap();
+        assert_eq!(d.path, PathBuf::from("[ds1] vm1/disk.vmdk"));
+        assert!(d.read_only);
+        let c = parse_datastore("ds1=/srv/ds1.img").unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.device.as_str(), c.host_id),
+            ("ds1", "/srv/ds1.img", None)
+        );
+        let c = parse_datastore("ds2=nbd:10.0.0.1:10809,host-id=7").unwrap();
+        assert_eq!(
+            (c.device.as_str(), c.host_id),
+            ("nbd:10.0.0.1:10809", Some(7))
+        );
+        assert!(parse_datastore("ds1").unwrap_err().contains("NAME=DEV"));
+        assert!(parse_datastore("ds1=x,host-id=seven")
+            .unwrap_err()
+            .contains("not a number"));
     }
 }

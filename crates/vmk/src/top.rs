@@ -241,6 +241,7 @@ mod tests {
                 vms_running: vms.len() as u32,
                 uptime_secs: 3700,
                 dir: "/".into(),
+                datastores: Vec::new(),
             },
             rss: 300 << 20,
             cpu_time_ns: cpu_ns,
@@ -313,6 +314,7 @@ mod tests {
             dir: dir.path().join("inv"),
             socket: dir.path().join("vmk.sock"),
             tcp: None,
+            ..HostConfig::default()
         };
         let fake = Arc::new(FakeHost::default());
         let server = TestServer::start(fake.clone(), &cfg).unwrap();

@@ -129,7 +129,10 @@ pub fn load_definition(file: &Path) -> Result<VmDefinition, CmdError> {
         resolve(p);
     }
     for d in &mut def.disks {
-        resolve(&mut d.path);
+        // `[ds] dir/file.vmdk` is on a datastore, not relative to anything here.
+        if vmk_machine::datastore::DsPath::from_path(&d.path).is_none() {
+            resolve(&mut d.path);
+        }
     }
     Ok(def)
 }
@@ -587,6 +590,7 @@ mod tests {
             dir: dir.path().join("inv"),
             socket: dir.path().join("vmk.sock"),
             tcp: None,
+            ..HostConfig::default()
         };
         let host = Arc::new(FakeHost::new(Duration::from_millis(150)));
         let server = TestServer::start(host.clone(), &cfg).unwrap();

@@ -377,6 +377,7 @@ mod tests {
                 vms_running: 1,
                 uptime_secs: 5,
                 dir: "/var/lib/vmk".into(),
+                datastores: Vec::new(),
             },
             rss: 4096,
             cpu_time_ns: 1_500_000_000,

@@ -40,6 +40,7 @@ pub fn config(dir: &Path) -> HostConfig {
         // A directory that does not exist yet: the server creates it.
         socket: dir.join("run/vmk/vmk.sock"),
         tcp: None,
+        ..HostConfig::default()
     }
 }
 
