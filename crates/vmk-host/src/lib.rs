@@ -6,6 +6,7 @@
 //! - [`machine`], [`console`]: definition → machine configuration, outcome → exit, and the
 //!   console watcher; shared with `vmk run`.
 //! - [`validate`], [`inventory`]: checks of definitions, and the inventory on disk.
+//! - [`network`]: vSwitches, port groups and uplinks (persisted), VM NICs' MACs and ports.
 //! - [`runtime`]: the real host behind `HostApi` (inventory on disk, VM threads,
 //!   consoles, metrics).
 //! - [`api`]: the REST API (JSON over a Unix socket, optionally TCP + bearer token),
@@ -21,6 +22,7 @@ pub mod fake;
 pub mod inventory;
 pub mod machine;
 pub mod model;
+pub mod network;
 pub mod runtime;
 pub mod sysinfo;
 pub mod validate;

@@ -45,6 +45,7 @@ use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
 use crate::inventory::{self, InventoryError, PersistedState};
 use crate::machine;
 use crate::model::*;
+use crate::network::{self, Network, NicLease, PortHandle};
 use crate::sysinfo;
 use crate::validate::{validate_definition, HostLimits};
 
@@ -98,6 +99,10 @@ struct VmStatus {
     /// Counters of the last machine, kept after it ended.
     last_stats: Option<VmStats>,
     deleted: bool,
+    /// The NICs' switch ports of the current machine (their live counters).
+    nic_ports: Vec<PortHandle>,
+    /// The NICs' counters when the last machine ended.
+    nic_last: Vec<NicMetrics>,
 }
 
 impl VmStatus {
@@ -141,6 +146,7 @@ impl VmEntry {
             started_at: st.saved.started_at,
             ended_at: st.saved.ended_at,
             boots: st.saved.boots,
+            nics: network::vm_nic_info(&self.name, &st.def.nics, &st.saved.nic_macs),
         }
     }
 
@@ -223,6 +229,8 @@ pub struct Host {
     vms: Mutex<BTreeMap<String, Arc<VmEntry>>>,
     errors: Mutex<Vec<InventoryError>>,
     shutting_down: AtomicBool,
+    /// vSwitches, port groups, uplinks; the VMs' NICs connect to it.
+    net: Arc<Network>,
     /// Held (flock) while the host lives: two hosts on one directory would corrupt it.
     _lock: File,
 }
@@ -265,6 +273,13 @@ impl Host {
                 e.message
             );
         }
+        let (net, problems) = Network::open(
+            Some(&dir.join(network::NETWORK_FILE)),
+            network::host_uplink_opener(),
+        )?;
+        for p in &problems {
+            eprintln!("vmk-host: network: {p}");
+        }
         let mut vms = BTreeMap::new();
         for l in loaded {
             let name = l.definition.name.clone();
@@ -277,6 +292,7 @@ impl Host {
             vms: Mutex::new(vms),
             errors: Mutex::new(errors),
             shutting_down: AtomicBool::new(false),
+            net: Arc::new(net),
             _lock: dir_lock,
         });
         let autostart: Vec<String> = lock(&host.vms)
@@ -373,17 +389,26 @@ impl Host {
                     )))
                 }
             }
+            // The NICs' MACs for this power-on (refused: a MAC another running VM has, a
+            // port group that does not exist), before anything changes.
+            let lease = self.net.lease(&e.name, &st.def.nics, &st.saved.nic_macs)?;
+            let macs = lease.macs();
+            if st.saved.nic_macs != macs {
+                st.saved.nic_macs = macs;
+                e.persist(&st);
+            }
             st.state = VmState::Starting;
             st.session += 1;
             st.intent = Intent::None;
             e.changed.notify_all();
-            st.def.clone()
+            (st.def.clone(), lease)
         };
+        let (def, lease) = def;
         let (tx, rx) = mpsc::channel();
         let entry = e.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vm-{}", e.name))
-            .spawn(move || runner(entry, def, tx));
+            .spawn(move || runner(entry, def, lease, tx));
         if let Err(err) = spawned {
             let reason = format!("cannot start the VM's thread: {err}");
             finish_session(
@@ -573,9 +598,27 @@ impl Host {
                     }
                 })
                 .collect(),
-            nics: Vec::new(),
+            nics: if st.nic_ports.is_empty() {
+                st.nic_last.clone()
+            } else {
+                nic_metrics_now(&st.nic_ports)
+            },
         }
     }
+}
+
+/// The counters of connected NIC ports.
+fn nic_metrics_now(ports: &[PortHandle]) -> Vec<NicMetrics> {
+    ports
+        .iter()
+        .map(|p| {
+            network::nic_metrics(
+                &p.portgroup,
+                &p.mac.to_string(),
+                &p.stats().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 impl Drop for Host {
@@ -633,15 +676,37 @@ fn new_entry(name: String, dir: PathBuf, def: VmDefinition, saved: PersistedStat
             intent: Intent::None,
             last_stats: None,
             deleted: false,
+            nic_ports: Vec::new(),
+            nic_last: Vec::new(),
         }),
         changed: Condvar::new(),
         console,
     })
 }
 
-/// Builds a machine for `def` whose console goes to `pump`; panics are caught.
-fn build(def: &VmDefinition, pump: &Pump) -> Result<Vm, BuildFailure> {
-    let cfg = machine::vm_config(def, pump.sink()).map_err(BuildFailure::Refused)?;
+/// Builds a machine for `def` whose console goes to `pump`, its NICs connected to their
+/// port groups (returned: the ports' counter handles); panics are caught.
+fn build(
+    def: &VmDefinition,
+    pump: &Pump,
+    lease: &NicLease,
+) -> Result<(Vm, Vec<PortHandle>), BuildFailure> {
+    let mut cfg = machine::vm_config(def, pump.sink()).map_err(BuildFailure::Refused)?;
+    let connected = lease.connect().map_err(BuildFailure::Refused)?;
+    let handles: Vec<PortHandle> = connected.iter().map(|c| c.handle.clone()).collect();
+    cfg.nics = connected
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| vmk_machine::NicSpec {
+            backend: Box::new(c.port),
+            name: format!("{}-eth{i}", def.name),
+        })
+        .collect();
+    let vm = build_machine(cfg)?;
+    Ok((vm, handles))
+}
+
+fn build_machine(cfg: vmk_machine::VmConfig) -> Result<Vm, BuildFailure> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Vm::new(cfg))) {
         Ok(Ok(vm)) => Ok(vm),
         Ok(Err(e @ vmk_machine::VmError::Memory(_))) => Err(BuildFailure::Internal(e.to_string())),
@@ -678,7 +743,14 @@ fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
 }
 
 /// The runner thread of one power-on session: build, run, and again after a reboot.
-fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), BuildFailure>>) {
+/// `lease` holds the NICs' MACs for the whole session (reboots included); they are
+/// released when the runner ends.
+fn runner(
+    e: Arc<VmEntry>,
+    def: VmDefinition,
+    lease: NicLease,
+    first: mpsc::Sender<Result<(), BuildFailure>>,
+) {
     let mut first = Some(first);
     loop {
         let pump = match Pump::start(&e.name, e.console.clone()) {
@@ -698,8 +770,8 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
                 return;
             }
         };
-        let vm = match build(&def, &pump) {
-            Ok(vm) => vm,
+        let (vm, nic_ports) = match build(&def, &pump, &lease) {
+            Ok(built) => built,
             Err(f) => {
                 drop(pump);
                 finish_session(
@@ -719,6 +791,7 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
         {
             let mut st = lock(&e.st);
             st.machine = Some(ctl.clone());
+            st.nic_ports = nic_ports;
             if st.state == VmState::Starting {
                 st.state = VmState::Running;
             }
@@ -752,6 +825,9 @@ fn runner(e: Arc<VmEntry>, def: VmDefinition, first: mpsc::Sender<Result<(), Bui
             let mut st = lock(&e.st);
             st.last_stats = Some(stats.clone());
             st.machine = None;
+            // The ports go with the machine: keep their last counters.
+            st.nic_last = nic_metrics_now(&st.nic_ports);
+            st.nic_ports.clear();
             let restart = match (st.intent, &exit) {
                 (_, Some(ExitInfo::Crashed { .. })) => false,
                 (Intent::Reset, _) => true,
@@ -856,6 +932,14 @@ impl HostApi for Host {
 
     fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError> {
         validate_definition(&def, &self.limits)?;
+        for (i, n) in def.nics.iter().enumerate() {
+            self.net.check_portgroup(&n.portgroup).map_err(|err| {
+                HostError::Invalid(format!(
+                    "VM '{}': NIC {i}: {err}; add the port group first or change the NIC",
+                    def.name
+                ))
+            })?;
+        }
         let mut vms = lock(&self.vms);
         if vms.contains_key(&def.name) {
             return Err(HostError::AlreadyExists(format!(
@@ -966,6 +1050,10 @@ impl HostApi for Host {
             cpu_time_ns: sysinfo::process_cpu_time_ns(),
             vms: entries.iter().map(|e| self.metrics_of(e)).collect(),
         }
+    }
+
+    fn network(&self) -> Option<Arc<Network>> {
+        Some(self.net.clone())
     }
 }
 

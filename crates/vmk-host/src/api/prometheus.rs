@@ -358,6 +358,45 @@ pub fn render(m: &HostMetrics) -> String {
         "Frames the NIC dropped.",
         |n| n.drops,
     );
+    nic_family(
+        o,
+        vms,
+        "vmk_vm_nic_throttled_total",
+        "Frames the NIC's egress traffic shaping delayed.",
+        |n| n.throttled,
+    );
+    {
+        let mut f = family(
+            o,
+            "vmk_vm_nic_dropped_frames_total",
+            "counter",
+            "Frames dropped at the NIC's vSwitch port, by reason.",
+        );
+        for vm in vms {
+            for (i, n) in vm.nics.iter().enumerate() {
+                let d = &n.drop_reasons;
+                for (reason, v) in [
+                    ("forged", d.forged),
+                    ("mac_changed", d.mac_changed),
+                    ("vlan", d.vlan),
+                    ("oversize", d.oversize),
+                    ("malformed", d.malformed),
+                    ("queue_full", d.queue_full),
+                    ("no_destination", d.no_destination),
+                ] {
+                    f.sample(
+                        vec![
+                            ("vm", vm.name.clone()),
+                            ("nic", i.to_string()),
+                            ("portgroup", n.portgroup.clone()),
+                            ("reason", reason.to_string()),
+                        ],
+                        Value::Int(v),
+                    );
+                }
+            }
+        }
+    }
     out
 }
 
