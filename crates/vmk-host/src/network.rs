@@ -676,9 +676,7 @@ impl Network {
         for u in sw.uplinks() {
             let _ = sw.remove_uplink(&u.name);
         }
-        st.cfg
-            .uplinks
-            .retain(|u| if u.vswitch == name { false } else { true });
+        st.cfg.uplinks.retain(|u| u.vswitch != name);
         let names: Vec<String> = st.uplink_errors.keys().cloned().collect();
         for n in names {
             if !st.cfg.uplinks.iter().any(|u| u.name == n) {

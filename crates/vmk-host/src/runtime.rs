@@ -371,7 +371,7 @@ impl Host {
                 e.name
             )));
         }
-        let def = {
+        let (def, lease) = {
             let mut st = lock(&e.st);
             match st.state {
                 VmState::Stopped | VmState::Crashed => {}
@@ -403,7 +403,6 @@ impl Host {
             e.changed.notify_all();
             (st.def.clone(), lease)
         };
-        let (def, lease) = def;
         let (tx, rx) = mpsc::channel();
         let entry = e.clone();
         let spawned = std::thread::Builder::new()

@@ -42,9 +42,14 @@ arg() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 role=$(arg vmk.role); ns=$(arg vmk.ns); peer=$(arg vmk.peer)
 say() { echo "vmk-net: $*"; }
 # Tells the test's barrier server in the namespace that step $1 is done and waits for its
-# answer (stdin stays open so busybox nc does not stop before the answer comes).
+# answer. nc's stdin is a FIFO a background writer holds open (busybox nc would stop at
+# the end of its input before the answer comes); only nc is waited for.
 sync() {
-    r=$( (echo "$1"; sleep 600) | nc "$ns" 7000 )
+    rm -f /tmp/sync; mkfifo /tmp/sync
+    (echo "$1"; exec sleep 600) > /tmp/sync &
+    w=$!
+    r=$(nc "$ns" 7000 < /tmp/sync)
+    kill "$w" 2>/dev/null
     say "sync $1 -> $r"
 }
 waitping() {
@@ -54,7 +59,7 @@ waitping() {
     done
     return 0
 }
-ip -br addr show eth0
+ip addr show eth0 | grep inet
 case "$role" in
 a)
     waitping "$ns" && ping -c 3 -W 5 "$ns" >/dev/null && say "host ping ok"
@@ -573,6 +578,7 @@ fn uplink_security_and_vlans() {
     );
     assert!(from_a > 3, "the capture works: it saw a's pings and TCP");
     assert_eq!(between, 0, "a↔b traffic appeared on the uplink");
+    barrier.answer("ok");
 
     // (b) forged transmits = reject: mv0's frames (source 02:00:00:00:99:01) are dropped.
     barrier.wait("forged1", &h, BOOT);
