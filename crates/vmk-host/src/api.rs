@@ -839,12 +839,12 @@ async fn host_metrics(State(s): State<AppState>) -> Result<Response, ApiErr> {
 }
 
 async fn prometheus_metrics(State(s): State<AppState>) -> Result<Response, ApiErr> {
-    let m = call(&s, |h| Ok(h.metrics())).await?;
-    Ok((
-        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::render(&m),
-    )
-        .into_response())
+    let (m, net) = call(&s, |h| Ok((h.metrics(), h.network().map(|n| n.info())))).await?;
+    let mut text = prometheus::render(&m);
+    if let Some(n) = net {
+        text.push_str(&prometheus::render_network(&n));
+    }
+    Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text).into_response())
 }
 
 async fn console_log(
