@@ -14,6 +14,7 @@
 //! Host calls may block on file I/O, so they run on tokio's blocking pool.
 
 mod console;
+mod network;
 pub mod prometheus;
 
 use std::future::Future;
@@ -671,6 +672,7 @@ type Method = (&'static str, MethodFilter);
 const GET: Method = ("GET", MethodFilter::GET);
 const POST: Method = ("POST", MethodFilter::POST);
 const DELETE: Method = ("DELETE", MethodFilter::DELETE);
+const PATCH: Method = ("PATCH", MethodFilter::PATCH);
 
 /// The router and the list of its routes, built together so the list cannot drift.
 struct Routes {
@@ -709,6 +711,32 @@ fn build() -> Routes {
     .add(GET, "/v1/vms/{name}/console/log", console_log)
     .add(GET, "/v1/metrics", host_metrics)
     .add(GET, "/metrics", prometheus_metrics)
+    // The network (api/network.rs).
+    .add(GET, "/v1/network", network::info)
+    .add(GET, "/v1/vswitches", network::list_vswitches)
+    .add(POST, "/v1/vswitches", network::add_vswitch)
+    .add(GET, "/v1/vswitches/{vswitch}", network::vswitch)
+    .add(PATCH, "/v1/vswitches/{vswitch}", network::update_vswitch)
+    .add(DELETE, "/v1/vswitches/{vswitch}", network::remove_vswitch)
+    .add(POST, "/v1/vswitches/{vswitch}/uplinks", network::add_uplink)
+    .add(
+        DELETE,
+        "/v1/vswitches/{vswitch}/uplinks/{uplink}",
+        network::remove_uplink,
+    )
+    .add(GET, "/v1/portgroups", network::list_portgroups)
+    .add(POST, "/v1/portgroups", network::add_portgroup)
+    .add(GET, "/v1/portgroups/{portgroup}", network::portgroup)
+    .add(
+        PATCH,
+        "/v1/portgroups/{portgroup}",
+        network::update_portgroup,
+    )
+    .add(
+        DELETE,
+        "/v1/portgroups/{portgroup}",
+        network::remove_portgroup,
+    )
 }
 
 /// Every route of the API as (method, path template), e.g. `("POST", "/v1/vms/{name}/stop")`.
@@ -811,12 +839,12 @@ async fn host_metrics(State(s): State<AppState>) -> Result<Response, ApiErr> {
 }
 
 async fn prometheus_metrics(State(s): State<AppState>) -> Result<Response, ApiErr> {
-    let m = call(&s, |h| Ok(h.metrics())).await?;
-    Ok((
-        [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        prometheus::render(&m),
-    )
-        .into_response())
+    let (m, net) = call(&s, |h| Ok((h.metrics(), h.network().map(|n| n.info())))).await?;
+    let mut text = prometheus::render(&m);
+    if let Some(n) = net {
+        text.push_str(&prometheus::render_network(&n));
+    }
+    Ok(([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text).into_response())
 }
 
 async fn console_log(

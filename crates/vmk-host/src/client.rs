@@ -19,6 +19,10 @@ use crate::api::{StopRequest, CONSOLE_PROTOCOL};
 use crate::model::{
     validate_name, HostError, HostInfo, HostMetrics, VmDefinition, VmInfo, VmMetrics,
 };
+use crate::network::{
+    check_ifname, NetworkInfo, PortGroupDef, PortGroupInfo, PortGroupUpdate, UplinkSpec,
+    VSwitchDef, VSwitchInfo, VSwitchUpdate,
+};
 
 /// How long a request may wait for its answer (no API call waits for a guest).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -530,6 +534,93 @@ impl Client {
             stream,
             pending: rest,
         })
+    }
+}
+
+/// The network (vSwitches, port groups, uplinks).
+impl Client {
+    fn body<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(v).map_err(|e| ClientError::Usage(e.to_string()))
+    }
+
+    pub fn network(&self) -> Result<NetworkInfo, ClientError> {
+        self.call("GET", "/v1/network", None)
+    }
+
+    pub fn vswitches(&self) -> Result<Vec<VSwitchInfo>, ClientError> {
+        self.call("GET", "/v1/vswitches", None)
+    }
+
+    pub fn add_vswitch(&self, def: &VSwitchDef) -> Result<VSwitchInfo, ClientError> {
+        validate_name("vSwitch", &def.name)?;
+        self.call("POST", "/v1/vswitches", Some(&Self::body(def)?))
+    }
+
+    pub fn update_vswitch(
+        &self,
+        name: &str,
+        u: &VSwitchUpdate,
+    ) -> Result<VSwitchInfo, ClientError> {
+        validate_name("vSwitch", name)?;
+        self.call(
+            "PATCH",
+            &format!("/v1/vswitches/{name}"),
+            Some(&Self::body(u)?),
+        )
+    }
+
+    pub fn remove_vswitch(&self, name: &str) -> Result<(), ClientError> {
+        validate_name("vSwitch", name)?;
+        self.checked("DELETE", &format!("/v1/vswitches/{name}"), None)
+            .map(|_| ())
+    }
+
+    pub fn add_uplink(&self, vswitch: &str, u: &UplinkSpec) -> Result<VSwitchInfo, ClientError> {
+        validate_name("vSwitch", vswitch)?;
+        check_ifname(&u.name)?;
+        self.call(
+            "POST",
+            &format!("/v1/vswitches/{vswitch}/uplinks"),
+            Some(&Self::body(u)?),
+        )
+    }
+
+    pub fn remove_uplink(&self, vswitch: &str, name: &str) -> Result<VSwitchInfo, ClientError> {
+        validate_name("vSwitch", vswitch)?;
+        check_ifname(name)?;
+        self.call(
+            "DELETE",
+            &format!("/v1/vswitches/{vswitch}/uplinks/{name}"),
+            None,
+        )
+    }
+
+    pub fn portgroups(&self) -> Result<Vec<PortGroupInfo>, ClientError> {
+        self.call("GET", "/v1/portgroups", None)
+    }
+
+    pub fn add_portgroup(&self, def: &PortGroupDef) -> Result<PortGroupInfo, ClientError> {
+        validate_name("port group", &def.name)?;
+        self.call("POST", "/v1/portgroups", Some(&Self::body(def)?))
+    }
+
+    pub fn update_portgroup(
+        &self,
+        name: &str,
+        u: &PortGroupUpdate,
+    ) -> Result<PortGroupInfo, ClientError> {
+        validate_name("port group", name)?;
+        self.call(
+            "PATCH",
+            &format!("/v1/portgroups/{name}"),
+            Some(&Self::body(u)?),
+        )
+    }
+
+    pub fn remove_portgroup(&self, name: &str) -> Result<(), ClientError> {
+        validate_name("port group", name)?;
+        self.checked("DELETE", &format!("/v1/portgroups/{name}"), None)
+            .map(|_| ())
     }
 }
 

@@ -14,6 +14,7 @@ use crate::model::{
     HostError, HostInfo, HostMetrics, NicMetrics, VcpuMetrics, VmDefinition, VmInfo, VmMetrics,
     VmState,
 };
+use crate::network::{memory_uplink_opener, vm_nic_info, Network};
 
 /// The fake host's CPUs and memory (what definitions are checked against).
 pub const FAKE_CPUS: u32 = 8;
@@ -37,6 +38,8 @@ pub struct FakeHost {
     vms: Mutex<BTreeMap<String, FakeVm>>,
     started: Instant,
     stop_delay: Duration,
+    /// A real network with in-memory uplinks (no privileges needed).
+    net: Arc<Network>,
 }
 
 fn now_unix() -> u64 {
@@ -108,6 +111,11 @@ impl FakeHost {
             vms: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             stop_delay,
+            net: Arc::new(
+                Network::open(None, memory_uplink_opener())
+                    .map(|(n, _)| n)
+                    .unwrap_or_else(|e| panic!("the fake host's network: {e}")),
+            ),
         }
     }
 
@@ -262,6 +270,7 @@ impl HostApi for FakeHost {
             started_at: None,
             ended_at: None,
             boots: 0,
+            nics: vm_nic_info(&def.name, &def.nics, &[]),
             definition: def.clone(),
         };
         let metrics = VmMetrics {
@@ -388,6 +397,10 @@ impl HostApi for FakeHost {
                 .sum(),
             vms: vms.values().map(|v| v.metrics.clone()).collect(),
         }
+    }
+
+    fn network(&self) -> Option<Arc<Network>> {
+        Some(self.net.clone())
     }
 }
 

@@ -32,6 +32,10 @@ pub struct PersistedState {
     pub started_at: Option<u64>,
     pub ended_at: Option<u64>,
     pub boots: u64,
+    /// The MACs the VM's NICs had at their last start (generated ones stay the same
+    /// across restarts of the VM and of the host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nic_macs: Vec<String>,
 }
 
 /// A definition the host could not load (reported by `Host::inventory_errors`).
@@ -350,6 +354,7 @@ mod tests {
             started_at: Some(1),
             ended_at: Some(2),
             boots: 3,
+            nic_macs: vec!["02:56:4b:00:00:01".into()],
         };
         save_state(&dir, &st).unwrap();
         assert_eq!(load_state(&dir), st);

@@ -7,6 +7,7 @@
 //!   console watcher; shared with `vmk run`.
 //! - [`validate`], [`inventory`]: checks of definitions, and the inventory on disk.
 //! - [`datastores`]: the datastores the host mounts, for disks named `[ds] dir/file.vmdk`.
+//! - [`network`]: vSwitches, port groups and uplinks (persisted), VM NICs' MACs and ports.
 //! - [`runtime`]: the real host behind `HostApi` (inventory on disk, VM threads,
 //!   consoles, metrics).
 //! - [`api`]: the REST API (JSON over a Unix socket, optionally TCP + bearer token),
@@ -23,6 +24,7 @@ pub mod fake;
 pub mod inventory;
 pub mod machine;
 pub mod model;
+pub mod network;
 pub mod runtime;
 pub mod sysinfo;
 pub mod validate;

@@ -47,6 +47,7 @@ use crate::datastores::Datastores;
 use crate::inventory::{self, InventoryError, PersistedState};
 use crate::machine;
 use crate::model::*;
+use crate::network::{self, Network, NicLease, PortHandle};
 use crate::sysinfo;
 use crate::validate::{validate_definition, HostLimits};
 
@@ -105,6 +106,10 @@ struct VmStatus {
     /// Counters of the last machine, kept after it ended.
     last_stats: Option<VmStats>,
     deleted: bool,
+    /// The NICs' switch ports of the current machine (their live counters).
+    nic_ports: Vec<PortHandle>,
+    /// The NICs' counters when the last machine ended.
+    nic_last: Vec<NicMetrics>,
 }
 
 impl VmStatus {
@@ -148,6 +153,7 @@ impl VmEntry {
             started_at: st.saved.started_at,
             ended_at: st.saved.ended_at,
             boots: st.saved.boots,
+            nics: network::vm_nic_info(&self.name, &st.def.nics, &st.saved.nic_macs),
         }
     }
 
@@ -230,6 +236,8 @@ pub struct Host {
     vms: Mutex<BTreeMap<String, Arc<VmEntry>>>,
     errors: Mutex<Vec<InventoryError>>,
     shutting_down: AtomicBool,
+    /// vSwitches, port groups, uplinks; the VMs' NICs connect to it.
+    net: Arc<Network>,
     /// Held (flock) while the host lives: two hosts on one directory would corrupt it.
     _lock: File,
     // ---- datastores ----
@@ -277,6 +285,13 @@ impl Host {
         }
         // Before autostart: VMs may have their disks on datastores.
         let datastores = Arc::new(Datastores::mount_all(&cfg.datastores));
+        let (net, problems) = Network::open(
+            Some(&dir.join(network::NETWORK_FILE)),
+            network::host_uplink_opener(),
+        )?;
+        for p in &problems {
+            eprintln!("vmk-host: network: {p}");
+        }
         let mut vms = BTreeMap::new();
         for l in loaded {
             let name = l.definition.name.clone();
@@ -289,6 +304,7 @@ impl Host {
             vms: Mutex::new(vms),
             errors: Mutex::new(errors),
             shutting_down: AtomicBool::new(false),
+            net: Arc::new(net),
             _lock: dir_lock,
             datastores,
         });
@@ -379,7 +395,7 @@ impl Host {
                 e.name
             )));
         }
-        let def = {
+        let (def, lease) = {
             let mut st = lock(&e.st);
             match st.state {
                 VmState::Stopped | VmState::Crashed => {}
@@ -397,18 +413,26 @@ impl Host {
                     )))
                 }
             }
+            // The NICs' MACs for this power-on (refused: a MAC another running VM has, a
+            // port group that does not exist), before anything changes.
+            let lease = self.net.lease(&e.name, &st.def.nics, &st.saved.nic_macs)?;
+            let macs = lease.macs();
+            if st.saved.nic_macs != macs {
+                st.saved.nic_macs = macs;
+                e.persist(&st);
+            }
             st.state = VmState::Starting;
             st.session += 1;
             st.intent = Intent::None;
             e.changed.notify_all();
-            st.def.clone()
+            (st.def.clone(), lease)
         };
         let (tx, rx) = mpsc::channel();
         let entry = e.clone();
         let ds = self.datastores.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vm-{}", e.name))
-            .spawn(move || runner(entry, def, tx, ds));
+            .spawn(move || runner(entry, def, lease, tx, ds));
         if let Err(err) = spawned {
             let reason = format!("cannot start the VM's thread: {err}");
             finish_session(
@@ -599,9 +623,27 @@ impl Host {
                     }
                 })
                 .collect(),
-            nics: Vec::new(),
+            nics: if st.nic_ports.is_empty() {
+                st.nic_last.clone()
+            } else {
+                nic_metrics_now(&st.nic_ports)
+            },
         }
     }
+}
+
+/// The counters of connected NIC ports.
+fn nic_metrics_now(ports: &[PortHandle]) -> Vec<NicMetrics> {
+    ports
+        .iter()
+        .map(|p| {
+            network::nic_metrics(
+                &p.portgroup,
+                &p.mac.to_string(),
+                &p.stats().unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 impl Drop for Host {
@@ -659,16 +701,39 @@ fn new_entry(name: String, dir: PathBuf, def: VmDefinition, saved: PersistedStat
             intent: Intent::None,
             last_stats: None,
             deleted: false,
+            nic_ports: Vec::new(),
+            nic_last: Vec::new(),
         }),
         changed: Condvar::new(),
         console,
     })
 }
 
-/// Builds a machine for `def` whose console goes to `pump`; panics are caught.
-fn build(def: &VmDefinition, pump: &Pump, ds: &Datastores) -> Result<Vm, BuildFailure> {
+/// Builds a machine for `def` whose console goes to `pump`, its disks on datastores opened
+/// and its NICs connected to their port groups (returned: the ports' counter handles); panics are caught.
+fn build(
+    def: &VmDefinition,
+    pump: &Pump,
+    lease: &NicLease,
+    ds: &Datastores,
+) -> Result<(Vm, Vec<PortHandle>), BuildFailure> {
     let mut cfg = machine::vm_config(def, pump.sink()).map_err(BuildFailure::Refused)?;
     ds.attach(def, &mut cfg).map_err(BuildFailure::Refused)?;
+    let connected = lease.connect().map_err(BuildFailure::Refused)?;
+    let handles: Vec<PortHandle> = connected.iter().map(|c| c.handle.clone()).collect();
+    cfg.nics = connected
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| vmk_machine::NicSpec {
+            backend: Box::new(c.port),
+            name: format!("{}-eth{i}", def.name),
+        })
+        .collect();
+    let vm = build_machine(cfg)?;
+    Ok((vm, handles))
+}
+
+fn build_machine(cfg: vmk_machine::VmConfig) -> Result<Vm, BuildFailure> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Vm::new(cfg))) {
         Ok(Ok(vm)) => Ok(vm),
         Ok(Err(e @ vmk_machine::VmError::Memory(_))) => Err(BuildFailure::Internal(e.to_string())),
@@ -705,9 +770,12 @@ fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
 }
 
 /// The runner thread of one power-on session: build, run, and again after a reboot.
+/// `lease` holds the NICs' MACs for the whole session (reboots included); they are
+/// released when the runner ends.
 fn runner(
     e: Arc<VmEntry>,
     def: VmDefinition,
+    lease: NicLease,
     first: mpsc::Sender<Result<(), BuildFailure>>,
     ds: Arc<Datastores>,
 ) {
@@ -730,8 +798,8 @@ fn runner(
                 return;
             }
         };
-        let vm = match build(&def, &pump, &ds) {
-            Ok(vm) => vm,
+        let (vm, nic_ports) = match build(&def, &pump, &lease, &ds) {
+            Ok(built) => built,
             Err(f) => {
                 drop(pump);
                 finish_session(
@@ -751,6 +819,7 @@ fn runner(
         {
             let mut st = lock(&e.st);
             st.machine = Some(ctl.clone());
+            st.nic_ports = nic_ports;
             if st.state == VmState::Starting {
                 st.state = VmState::Running;
             }
@@ -784,6 +853,9 @@ fn runner(
             let mut st = lock(&e.st);
             st.last_stats = Some(stats.clone());
             st.machine = None;
+            // The ports go with the machine: keep their last counters.
+            st.nic_last = nic_metrics_now(&st.nic_ports);
+            st.nic_ports.clear();
             let restart = match (st.intent, &exit) {
                 (_, Some(ExitInfo::Crashed { .. })) => false,
                 (Intent::Reset, _) => true,
@@ -891,6 +963,14 @@ impl HostApi for Host {
     fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError> {
         validate_definition(&def, &self.limits)?;
         self.datastores.check_definition(&def)?;
+        for (i, n) in def.nics.iter().enumerate() {
+            self.net.check_portgroup(&n.portgroup).map_err(|err| {
+                HostError::Invalid(format!(
+                    "VM '{}': NIC {i}: {err}; add the port group first or change the NIC",
+                    def.name
+                ))
+            })?;
+        }
         let mut vms = lock(&self.vms);
         if vms.contains_key(&def.name) {
             return Err(HostError::AlreadyExists(format!(
@@ -1001,6 +1081,10 @@ impl HostApi for Host {
             cpu_time_ns: sysinfo::process_cpu_time_ns(),
             vms: entries.iter().map(|e| self.metrics_of(e)).collect(),
         }
+    }
+
+    fn network(&self) -> Option<Arc<Network>> {
+        Some(self.net.clone())
     }
 }
 

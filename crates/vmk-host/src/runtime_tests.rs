@@ -557,3 +557,102 @@ fn datastore_disks_have_one_writer_across_hosts() {
     wait_state(&b, "vb", VmState::Running);
     b.poweroff("vb").unwrap();
 }
+
+/// VM NICs: connected to their port group at start with a stable generated MAC (kept
+/// across host restarts), a MAC in use refused naming the VM that has it, port groups
+/// checked at create and at start, ports and MACs released when the VM ends.
+#[test]
+fn nics_connect_to_the_host_network() {
+    use crate::network::{PortGroupDef, SecurityDef, TeamingDef, VSwitchDef};
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.print("up\n").idle();
+    });
+    let dir = tmp.path().join("host");
+    let nic = |pg: &str, mac: Option<&str>| NicDef {
+        portgroup: pg.into(),
+        mac: mac.map(String::from),
+    };
+    let generated;
+    {
+        let h = host(&dir);
+        let net = h.network().unwrap();
+        net.add_vswitch(VSwitchDef {
+            name: "sw0".into(),
+            mtu: 1500,
+            teaming: TeamingDef::default(),
+        })
+        .unwrap();
+        net.add_portgroup(PortGroupDef {
+            name: "pg0".into(),
+            vswitch: "sw0".into(),
+            vlan: 0,
+            security: SecurityDef::default(),
+            shaping: None,
+        })
+        .unwrap();
+        let mut a = def("a", &k);
+        a.nics = vec![nic("nope", None)];
+        let e = h.create(a.clone()).unwrap_err();
+        assert!(
+            e.to_string().contains("NIC 0: no port group named 'nope'"),
+            "{e}"
+        );
+        a.nics = vec![nic("pg0", None), nic("pg0", Some("02:00:00:00:00:07"))];
+        h.create(a).unwrap();
+        let mut b = def("b", &k);
+        b.nics = vec![nic("pg0", Some("02:00:00:00:00:07"))];
+        h.create(b).unwrap();
+
+        let info = h.start("a").unwrap();
+        generated = info.nics[0].mac.clone();
+        assert!(info.nics[0].generated && generated.starts_with("02:56:4b:"));
+        assert_eq!(info.nics[1].mac, "02:00:00:00:00:07");
+        wait_state(&h, "a", VmState::Running);
+        let ports = net.ports();
+        assert_eq!(ports.len(), 2, "{ports:?}");
+        assert!(ports
+            .iter()
+            .any(|p| p.name == "a/eth0" && p.counters.mac == generated));
+        let m = h.vm_metrics("a").unwrap();
+        assert_eq!(m.nics.len(), 2);
+        assert_eq!(
+            (m.nics[0].portgroup.as_str(), &m.nics[0].mac),
+            ("pg0", &generated)
+        );
+
+        // b wants a's second MAC: refused, naming a.
+        conflict(
+            h.start("b"),
+            &["02:00:00:00:00:07", "NIC 1 of running VM 'a'"],
+        );
+        assert_eq!(h.info("b").unwrap().state, VmState::Stopped);
+        // The port group has a's ports: it stays.
+        assert!(matches!(
+            net.remove_portgroup("pg0"),
+            Err(HostError::Conflict(_))
+        ));
+        h.poweroff("a").unwrap();
+        wait_state(&h, "a", VmState::Stopped);
+        assert!(net.ports().is_empty());
+        // a's MAC is free again: b starts.
+        h.start("b").unwrap();
+        h.poweroff("b").unwrap();
+        wait_state(&h, "b", VmState::Stopped);
+        h.shutdown(Duration::from_secs(5));
+    }
+    // After a host restart: the network is back and a gets the same MAC.
+    let h = host(&dir);
+    let info = h.start("a").unwrap();
+    assert_eq!(info.nics[0].mac, generated);
+    h.poweroff("a").unwrap();
+    wait_state(&h, "a", VmState::Stopped);
+    // Without its port group a VM does not start, and says why.
+    h.network().unwrap().remove_portgroup("pg0").unwrap();
+    let e = h.start("a").unwrap_err();
+    assert!(
+        e.to_string().contains("NIC 0: no port group named 'pg0'"),
+        "{e}"
+    );
+    assert_eq!(h.info("a").unwrap().state, VmState::Stopped);
+}

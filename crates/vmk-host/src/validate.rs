@@ -242,7 +242,16 @@ pub fn validate_definition(def: &VmDefinition, host: &HostLimits) -> Result<(), 
         }
     }
 
-    // NICs (stored now, attached once the virtual switch exists).
+    // NICs (connected to their port groups at start). They share the virtio-mmio slots
+    // with the disks.
+    if def.disks.len() + def.nics.len() > slots {
+        return invalid(format!(
+            "VM '{name}': {} disks and {} NICs: a VM has at most {slots} virtio devices in \
+             all",
+            def.disks.len(),
+            def.nics.len()
+        ));
+    }
     let mut macs = HashSet::new();
     for (i, n) in def.nics.iter().enumerate() {
         validate_name(&format!("VM '{name}': NIC {i} port group"), &n.portgroup)?;
@@ -574,6 +583,13 @@ mod tests {
         refused(
             &with(&|d| d.nics = vec![nic("../x", None)]),
             &["port group"],
+        );
+        refused(
+            &with(&|d| {
+                d.disks = vec![disk(&f.disk, None)];
+                d.nics = (0..8).map(|_| nic("net", None)).collect();
+            }),
+            &["1 disks and 8 NICs", "at most 8 virtio devices"],
         );
         // Resources.
         refused(

@@ -13,6 +13,7 @@ use api_support::*;
 use serde_json::{json, Value};
 use vmk_host::api::{routes, StopRequest};
 use vmk_host::model::*;
+use vmk_host::network::*;
 
 fn doc() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api/openapi.json");
@@ -273,8 +274,114 @@ fn vm_metrics() -> VmMetrics {
             path: "/d.vmdk".into(),
             ..Default::default()
         }],
-        nics: vec![NicMetrics::default()],
+        nics: vec![NicMetrics {
+            portgroup: "pg0".into(),
+            mac: "02:56:4b:00:00:01".into(),
+            ..Default::default()
+        }],
     }
+}
+
+fn uplink_status(error: Option<String>) -> UplinkStatus {
+    UplinkStatus {
+        name: "up0".into(),
+        vswitch: "sw0".into(),
+        kind: UplinkKind::Tap,
+        attached: error.is_none(),
+        link_up: true,
+        in_use: true,
+        error,
+        rx_frames: 1,
+        rx_bytes: 2,
+        tx_frames: 3,
+        tx_bytes: 4,
+        drops: UplinkDropCounts::default(),
+    }
+}
+
+fn full_portgroup() -> PortGroupDef {
+    PortGroupDef {
+        name: "pg0".into(),
+        vswitch: "sw0".into(),
+        vlan: 4095,
+        security: SecurityDef {
+            promiscuous: Policy::Accept,
+            mac_changes: Policy::Reject,
+            forged_transmits: Policy::Accept,
+        },
+        shaping: Some(ShapingDef {
+            average_bps: 8_000_000,
+            peak_bps: 10_000_000,
+            burst_bytes: 65536,
+        }),
+    }
+}
+
+/// The network's schemas: every property of the network types is written by serde.
+fn network_samples(c: &mut Checker) {
+    let teaming = TeamingDef {
+        active: vec!["up0".into()],
+        standby: vec!["up1".into()],
+        failback: false,
+    };
+    let sw = VSwitchInfo {
+        name: "sw0".into(),
+        mtu: 9000,
+        teaming: teaming.clone(),
+        portgroups: vec!["pg0".into()],
+        uplinks: vec![uplink_status(None), uplink_status(Some("no TAP".into()))],
+    };
+    let port = PortStatus {
+        name: "web1/eth0".into(),
+        vswitch: "sw0".into(),
+        counters: vm_metrics().nics[0].clone(),
+        effective_mac: "02:56:4b:00:00:01".into(),
+        uplink: Some("up0".into()),
+    };
+    c.valid(
+        "NetworkInfo",
+        &NetworkInfo {
+            vswitches: vec![sw],
+            portgroups: vec![PortGroupInfo {
+                config: full_portgroup(),
+                ports: 1,
+            }],
+            ports: vec![port],
+        },
+    );
+    c.valid(
+        "VSwitchDef",
+        &VSwitchDef {
+            name: "sw0".into(),
+            mtu: 1500,
+            teaming: teaming.clone(),
+        },
+    );
+    c.valid(
+        "VSwitchUpdate",
+        &VSwitchUpdate {
+            mtu: Some(9000),
+            teaming: Some(teaming),
+        },
+    );
+    c.valid(
+        "UplinkSpec",
+        &UplinkSpec {
+            name: "eth1".into(),
+            kind: UplinkKind::Packet,
+        },
+    );
+    c.valid(
+        "PortGroupUpdate",
+        &PortGroupUpdate {
+            vlan: Some(10),
+            promiscuous: Some(Policy::Reject),
+            mac_changes: Some(Policy::Accept),
+            forged_transmits: Some(Policy::Reject),
+            shaping: full_portgroup().shaping,
+            no_shaping: true,
+        },
+    );
 }
 
 #[test]
@@ -288,13 +395,20 @@ fn schemas_match_serde() {
         started_at: Some(1),
         ended_at: Some(2),
         boots: 4,
+        nics: vec![VmNicInfo {
+            portgroup: "pg0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            generated: false,
+        }],
     };
     c.valid("VmInfo", &full);
+    network_samples(&mut c);
     let minimal = VmInfo {
         last_exit: None,
         started_at: None,
         ended_at: None,
         definition: minimal_def("db"),
+        nics: vec![],
         ..full.clone()
     };
     c.valid("VmInfo", &minimal);
@@ -400,8 +514,47 @@ fn every_route_answers_as_documented() {
             env.client.start("web1").unwrap();
         }
         env.host.guest_output("web1", b"hello").unwrap();
+        // The network routes find a vSwitch with an uplink and (but for the vSwitch's
+        // removal, which needs none) a port group.
+        env.client
+            .add_vswitch(&VSwitchDef {
+                name: "sw0".into(),
+                mtu: 1500,
+                teaming: TeamingDef::default(),
+            })
+            .unwrap();
+        env.client
+            .add_uplink(
+                "sw0",
+                &UplinkSpec {
+                    name: "up0".into(),
+                    kind: UplinkKind::Tap,
+                },
+            )
+            .unwrap();
+        if !(method == "DELETE" && template == "/v1/vswitches/{vswitch}") {
+            env.client.add_portgroup(&full_portgroup()).unwrap();
+        }
+        let net_body: Option<Vec<u8>> = match (method, template) {
+            ("POST", "/v1/vswitches") => Some(br#"{"name": "sw1", "mtu": 9000}"#.to_vec()),
+            ("PATCH", "/v1/vswitches/{vswitch}") => Some(br#"{"mtu": 9000}"#.to_vec()),
+            ("POST", "/v1/vswitches/{vswitch}/uplinks") => {
+                Some(br#"{"name": "up1", "kind": "tap"}"#.to_vec())
+            }
+            ("POST", "/v1/portgroups") => {
+                Some(br#"{"name": "pg1", "vswitch": "sw0", "vlan": 10}"#.to_vec())
+            }
+            ("PATCH", "/v1/portgroups/{portgroup}") => {
+                Some(br#"{"promiscuous": "accept"}"#.to_vec())
+            }
+            _ => None,
+        };
 
-        let path = template.replace("{name}", "web1");
+        let path = template
+            .replace("{name}", "web1")
+            .replace("{vswitch}", "sw0")
+            .replace("{portgroup}", "pg0")
+            .replace("{uplink}", "up0");
         let (status, content_type, body) = if template.ends_with("/console") {
             let mut s = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
             write!(
@@ -417,7 +570,7 @@ fn every_route_answers_as_documented() {
             let body = match (method, template) {
                 ("POST", "/v1/vms") => Some(serde_json::to_vec(&def("web2")).unwrap()),
                 ("POST", "/v1/vms/{name}/stop") => Some(br#"{"timeout_secs": 5}"#.to_vec()),
-                _ => None,
+                _ => net_body.clone(),
             };
             let resp = env
                 .client
@@ -454,6 +607,36 @@ fn every_route_answers_as_documented() {
                 if let Err(e) = checker.check(&s, &v, "response", &format!("{method} {template}")) {
                     panic!("{e}");
                 }
+            }
+        }
+
+        // Error answers the network routes can give are documented too: a hostile name
+        // (400) and a missing one (404), in each parameter.
+        for param in ["{vswitch}", "{portgroup}", "{uplink}"] {
+            if !template.contains(param) {
+                continue;
+            }
+            let named = |v: &str| {
+                template
+                    .replace(param, v)
+                    .replace("{vswitch}", "sw0")
+                    .replace("{portgroup}", "pg0")
+                    .replace("{uplink}", "up0")
+            };
+            for (p, want) in [(named("..%2Fetc"), 400), (named("nope"), 404)] {
+                let resp = env
+                    .client
+                    .send(
+                        method,
+                        &p,
+                        net_body.as_deref().map(|b| ("application/json", b)),
+                    )
+                    .unwrap();
+                assert_eq!(resp.status, want, "{method} {p}: {}", resp.error_message());
+                assert!(
+                    op["responses"][want.to_string()].is_object(),
+                    "{method} {template}: {want} not documented"
+                );
             }
         }
 
@@ -494,4 +677,134 @@ fn every_schema_is_used() {
     }
     let unused: Vec<_> = counts.iter().filter(|(_, n)| **n == 0).collect();
     assert!(unused.is_empty(), "unused schemas: {unused:?}");
+}
+
+/// Hostile network input gets a 4xx with a message that says what is wrong.
+#[test]
+fn network_hostile_input_is_refused() {
+    let env = start();
+    let send = |m: &str, p: &str, body: &str| {
+        let r = env
+            .client
+            .send(m, p, Some(("application/json", body.as_bytes())))
+            .unwrap();
+        (r.status, r.error_message())
+    };
+    assert_eq!(send("POST", "/v1/vswitches", r#"{"name": "sw0"}"#).0, 201);
+    for (m, p, body, status, says) in [
+        (
+            "POST",
+            "/v1/vswitches",
+            r#"{"name": "sw1", "mtu": 10000}"#,
+            400,
+            "MTU 10000",
+        ),
+        (
+            "POST",
+            "/v1/vswitches",
+            r#"{"name": "a/b"}"#,
+            400,
+            "'/' is not allowed",
+        ),
+        (
+            "POST",
+            "/v1/vswitches",
+            r#"{"name": "sw0"}"#,
+            409,
+            "already exists",
+        ),
+        (
+            "POST",
+            "/v1/vswitches",
+            r#"{"name": "x", "mtu": -1}"#,
+            400,
+            "mtu",
+        ),
+        (
+            "POST",
+            "/v1/portgroups",
+            r#"{"name": "p", "vswitch": "sw0", "vlan": 4096}"#,
+            400,
+            "VLAN 4096",
+        ),
+        (
+            "POST",
+            "/v1/portgroups",
+            r#"{"name": "p", "vswitch": "nope"}"#,
+            404,
+            "no vSwitch named 'nope'",
+        ),
+        (
+            "POST",
+            "/v1/portgroups",
+            r#"{"name": "../p", "vswitch": "sw0"}"#,
+            400,
+            "port group name",
+        ),
+        (
+            "POST",
+            "/v1/portgroups",
+            r#"{"name": "p", "vswitch": "sw0", "shaping": {"average_bps": 0, "peak_bps": 1, "burst_bytes": 1}}"#,
+            400,
+            "above 0",
+        ),
+        (
+            "POST",
+            "/v1/vswitches/sw0/uplinks",
+            r#"{"name": "tap/0", "kind": "tap"}"#,
+            400,
+            "not allowed",
+        ),
+        (
+            "POST",
+            "/v1/vswitches/sw0/uplinks",
+            r#"{"name": "t0", "kind": "wire"}"#,
+            400,
+            "unknown variant",
+        ),
+        (
+            "POST",
+            "/v1/vswitches/sw0/uplinks",
+            r#"{"name": "a-very-long-name0", "kind": "tap"}"#,
+            400,
+            "at most 15",
+        ),
+        (
+            "PATCH",
+            "/v1/vswitches/sw0",
+            r#"{"teaming": {"active": ["a"], "standby": ["a"]}}"#,
+            400,
+            "listed twice",
+        ),
+        (
+            "PATCH",
+            "/v1/portgroups/nope",
+            r#"{"vlan": 1}"#,
+            404,
+            "no port group named 'nope'",
+        ),
+        (
+            "DELETE",
+            "/v1/vswitches/sw0/uplinks/nope",
+            "",
+            404,
+            "no uplink named 'nope'",
+        ),
+    ] {
+        let (got, msg) = send(m, p, body);
+        assert_eq!(got, status, "{m} {p} {body}: {msg}");
+        assert!(msg.contains(says), "{m} {p} {body}: {msg}");
+    }
+    // A vSwitch with port groups cannot be removed.
+    assert_eq!(
+        send(
+            "POST",
+            "/v1/portgroups",
+            r#"{"name": "p", "vswitch": "sw0", "vlan": 4095}"#
+        )
+        .0,
+        201
+    );
+    let (got, msg) = send("DELETE", "/v1/vswitches/sw0", "");
+    assert_eq!((got, msg.contains("port groups (p)")), (409, true), "{msg}");
 }

@@ -9,6 +9,7 @@ mod datastore_fuse;
 mod disk;
 mod host;
 mod image;
+mod net;
 mod run;
 mod term;
 mod top;
@@ -53,6 +54,14 @@ enum Command {
     /// fsck, mount (FUSE, read-only).
     #[command(subcommand)]
     Datastore(datastore::DatastoreCommand),
+    /// The host's vSwitches: add, set (MTU, teaming), list, remove.
+    Vswitch(net::VSwitchArgs),
+    /// Port groups (VLAN, security policy, traffic shaping): add, set, list, remove.
+    Portgroup(net::PortGroupArgs),
+    /// vSwitch uplinks (TAP devices or host interfaces): add, remove.
+    Uplink(net::UplinkArgs),
+    /// The host's network: vSwitches, uplinks and every VM port's counters.
+    Network(net::NetworkArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +73,10 @@ fn main() -> ExitCode {
         Command::Host(cmd) => host::run(cmd).map(|()| 0),
         Command::Vm(args) => vm::run(args).map(|()| 0),
         Command::Datastore(cmd) => datastore::run(cmd).map(|()| 0),
+        Command::Vswitch(a) => net::run_vswitch(a).map(|()| 0),
+        Command::Portgroup(a) => net::run_portgroup(a).map(|()| 0),
+        Command::Uplink(a) => net::run_uplink(a).map(|()| 0),
+        Command::Network(a) => net::run_network(a).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

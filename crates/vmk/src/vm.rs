@@ -516,11 +516,12 @@ pub fn format_info(vm: &VmInfo, now: u64) -> String {
         add(&format!("disk {i}"), v);
     }
     for (i, nic) in d.nics.iter().enumerate() {
-        let mac = nic
-            .mac
-            .as_deref()
-            .map(|m| format!(", mac {m}"))
-            .unwrap_or_default();
+        // The host tells the MAC it gives a NIC without one (generated, stable).
+        let mac = match (nic.mac.as_deref(), vm.nics.get(i)) {
+            (Some(m), _) => format!(", mac {m}"),
+            (None, Some(n)) => format!(", mac {} (generated)", n.mac),
+            (None, None) => String::new(),
+        };
         add(
             &format!("nic {i}"),
             format!("portgroup {}{mac}", nic.portgroup),

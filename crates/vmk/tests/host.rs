@@ -298,3 +298,101 @@ fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart
     assert!(!gone.status.success());
     d.stop();
 }
+
+/// The network through the daemon and the CLI, no guests: vSwitch, TAP uplink (as root),
+/// port group with shaping, a policy change, hostile input refused with the reason, a VM
+/// whose NIC names a missing port group refused, and everything back after a restart.
+#[test]
+fn network_configuration_through_the_daemon_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0 && Path::new("/dev/net/tun").exists();
+    let tap = format!("vmkd{}", std::process::id() % 100_000);
+    let d = Daemon::start(tmp.path());
+    d.vmk(&["vswitch", "add", "sw0", "--mtu", "9000"]);
+    if root {
+        d.vmk(&["uplink", "add", "--vswitch", "sw0", "--tap", &tap]);
+    } else {
+        eprintln!("(not root: no TAP uplink in this run)");
+    }
+    d.vmk(&[
+        "portgroup",
+        "add",
+        "lan",
+        "--vswitch",
+        "sw0",
+        "--vlan",
+        "10",
+        "--shaping",
+        "8M,10M,64K",
+    ]);
+    d.vmk(&["portgroup", "set", "lan", "--promiscuous", "accept"]);
+    for (args, says) in [
+        (
+            &["vswitch", "add", "big", "--mtu", "10000"][..],
+            "MTU 10000",
+        ),
+        (
+            &[
+                "portgroup",
+                "add",
+                "p",
+                "--vswitch",
+                "sw0",
+                "--vlan",
+                "4096",
+            ],
+            "VLAN 4096",
+        ),
+        (
+            &["portgroup", "add", "p", "--vswitch", "nope"],
+            "no vSwitch named 'nope'",
+        ),
+        (&["vswitch", "remove", "sw0"], "still has port groups (lan)"),
+    ] {
+        let out = d.vmk_raw(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let def = tmp.path().join("n.toml");
+    let kernel = env!("CARGO_BIN_EXE_vmk");
+    std::fs::write(
+        &def,
+        format!("name = \"n\"\n[boot]\nkernel = \"{kernel}\"\n[[nic]]\nportgroup = \"wan\"\n"),
+    )
+    .unwrap();
+    let out = d.vmk_raw(&["vm", "create", def.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no port group named 'wan'"),
+        "{err}"
+    );
+    d.stop();
+
+    let d = Daemon::start(tmp.path());
+    let list = d.vmk(&["portgroup", "list"]);
+    let lan = list
+        .lines()
+        .find(|l| l.starts_with("lan"))
+        .unwrap_or_default();
+    assert!(
+        lan.contains("sw0") && lan.contains(" 10 ") && lan.contains("accept"),
+        "{list}"
+    );
+    assert!(lan.contains("8000000/10000000 bit/s, 65536 B"), "{list}");
+    let switches = d.vmk(&["vswitch", "list"]);
+    assert!(switches.contains("sw0  mtu 9000"), "{switches}");
+    if root {
+        assert!(
+            switches.contains(&format!("uplink {tap} (tap)")),
+            "{switches}"
+        );
+        assert!(!switches.contains("error"), "{switches}");
+    }
+    let net: Value = serde_json::from_str(&d.vmk(&["network", "--json"])).unwrap();
+    assert_eq!(net["portgroups"][0]["config"]["vlan"], 10);
+    d.stop();
+}

@@ -358,6 +358,125 @@ pub fn render(m: &HostMetrics) -> String {
         "Frames the NIC dropped.",
         |n| n.drops,
     );
+    nic_family(
+        o,
+        vms,
+        "vmk_vm_nic_throttled_total",
+        "Frames the NIC's egress traffic shaping delayed.",
+        |n| n.throttled,
+    );
+    {
+        let mut f = family(
+            o,
+            "vmk_vm_nic_dropped_frames_total",
+            "counter",
+            "Frames dropped at the NIC's vSwitch port, by reason.",
+        );
+        for vm in vms {
+            for (i, n) in vm.nics.iter().enumerate() {
+                let d = &n.drop_reasons;
+                for (reason, v) in [
+                    ("forged", d.forged),
+                    ("mac_changed", d.mac_changed),
+                    ("vlan", d.vlan),
+                    ("oversize", d.oversize),
+                    ("malformed", d.malformed),
+                    ("queue_full", d.queue_full),
+                    ("no_destination", d.no_destination),
+                ] {
+                    f.sample(
+                        vec![
+                            ("vm", vm.name.clone()),
+                            ("nic", i.to_string()),
+                            ("portgroup", n.portgroup.clone()),
+                            ("reason", reason.to_string()),
+                        ],
+                        Value::Int(v),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The host network's uplinks (vNIC ports are in [`render`], per VM): appended to
+/// `/metrics` when the host has a network.
+pub fn render_network(n: &crate::network::NetworkInfo) -> String {
+    let mut out = String::new();
+    let o = &mut out;
+    let uplinks: Vec<&crate::network::UplinkStatus> =
+        n.vswitches.iter().flat_map(|s| &s.uplinks).collect();
+    let labels = |u: &crate::network::UplinkStatus| {
+        vec![("vswitch", u.vswitch.clone()), ("uplink", u.name.clone())]
+    };
+    type Get = fn(&crate::network::UplinkStatus) -> u64;
+    let gauges: [(&'static str, &'static str, Get); 2] = [
+        (
+            "vmk_uplink_link_up",
+            "1 if the uplink's link is up (and it is attached).",
+            |u| u.link_up.into(),
+        ),
+        (
+            "vmk_uplink_in_use",
+            "1 if the uplink carries traffic now (teaming).",
+            |u| u.in_use.into(),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let mut f = family(o, name, "gauge", help);
+        for u in &uplinks {
+            f.sample(labels(u), Value::Int(get(u)));
+        }
+    }
+    let counters: [(&'static str, &'static str, Get); 4] = [
+        (
+            "vmk_uplink_rx_frames_total",
+            "Frames received from the uplink.",
+            |u| u.rx_frames,
+        ),
+        (
+            "vmk_uplink_rx_bytes_total",
+            "Bytes received from the uplink.",
+            |u| u.rx_bytes,
+        ),
+        (
+            "vmk_uplink_tx_frames_total",
+            "Frames sent out the uplink.",
+            |u| u.tx_frames,
+        ),
+        (
+            "vmk_uplink_tx_bytes_total",
+            "Bytes sent out the uplink.",
+            |u| u.tx_bytes,
+        ),
+    ];
+    for (name, help, get) in counters {
+        let mut f = family(o, name, "counter", help);
+        for u in &uplinks {
+            f.sample(labels(u), Value::Int(get(u)));
+        }
+    }
+    let mut f = family(
+        o,
+        "vmk_uplink_dropped_frames_total",
+        "counter",
+        "Frames dropped at the uplink, by reason.",
+    );
+    for u in &uplinks {
+        let d = &u.drops;
+        for (reason, v) in [
+            ("oversize", d.oversize),
+            ("malformed", d.malformed),
+            ("looped", d.looped),
+            ("send_errors", d.send_errors),
+        ] {
+            let mut l = labels(u);
+            l.push(("reason", reason.to_string()));
+            f.sample(l, Value::Int(v));
+        }
+    }
+    drop(f);
     out
 }
 
@@ -365,6 +484,37 @@ pub fn render(m: &HostMetrics) -> String {
 mod tests {
     use super::*;
     use crate::model::{DiskMetrics, HostInfo, VcpuMetrics};
+
+    #[test]
+    fn uplinks() {
+        use crate::network::*;
+        let n = Network::open(None, memory_uplink_opener()).unwrap().0;
+        n.add_vswitch(VSwitchDef {
+            name: "sw0".into(),
+            mtu: 1500,
+            teaming: TeamingDef::default(),
+        })
+        .unwrap();
+        n.add_uplink(
+            "sw0",
+            UplinkSpec {
+                name: "t0".into(),
+                kind: UplinkKind::Tap,
+            },
+        )
+        .unwrap();
+        let text = render_network(&n.info());
+        for line in [
+            "# TYPE vmk_uplink_link_up gauge",
+            "vmk_uplink_link_up{vswitch=\"sw0\",uplink=\"t0\"} 1",
+            "vmk_uplink_in_use{vswitch=\"sw0\",uplink=\"t0\"} 1",
+            "vmk_uplink_tx_frames_total{vswitch=\"sw0\",uplink=\"t0\"} 0",
+            "vmk_uplink_dropped_frames_total{vswitch=\"sw0\",uplink=\"t0\",reason=\"looped\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no '{line}' in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE").count(), 7);
+    }
 
     fn sample() -> HostMetrics {
         HostMetrics {
