@@ -129,6 +129,20 @@ pub fn save_state(dir: &Path, st: &PersistedState) -> io::Result<()> {
 /// A VM's state file; a missing one is a fresh state, a corrupt one is reported and
 /// replaced by a fresh state (it holds history only, nothing a VM needs to run).
 pub fn load_state(dir: &Path) -> PersistedState {
+    let mut st = read_state(dir);
+    // A run that started after the last recorded end never ended here: the host went away
+    // while the VM ran (killed, crashed, power loss). Its last exit is the host's doing, not
+    // the previous run's.
+    if let Some(start) = st.started_at {
+        if st.ended_at.is_none_or(|end| end < start) {
+            st.last_exit = Some(ExitInfo::Killed);
+            st.ended_at = None;
+        }
+    }
+    st
+}
+
+fn read_state(dir: &Path) -> PersistedState {
     let path = dir.join(STATE_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
@@ -365,5 +379,20 @@ mod tests {
         assert_eq!(vms[0].state, st);
         // A name that is not a VM name never becomes a path.
         assert!(vm_dir(tmp.path(), "../../etc").is_err());
+        // A run the host never saw end (the host was killed): reported as killed.
+        let running = PersistedState {
+            last_exit: Some(ExitInfo::PoweredOff { status: 0 }),
+            started_at: Some(200),
+            ended_at: Some(100),
+            boots: 2,
+            nic_macs: Vec::new(),
+        };
+        save_state(&dir, &running).unwrap();
+        let loaded = load_state(&dir);
+        assert_eq!(loaded.last_exit, Some(ExitInfo::Killed));
+        assert_eq!(
+            (loaded.started_at, loaded.ended_at, loaded.boots),
+            (Some(200), None, 2)
+        );
     }
 }

@@ -830,7 +830,10 @@ fn runner(
                 Intent::PowerOff => ctl.ctl.stop(),
                 // This run is the reset.
                 Intent::Reset => st.intent = Intent::None,
-                Intent::None | Intent::Stop => {}
+                // A stop that came between the runs of a reboot: the guest was going down
+                // anyway, so the host ends the VM instead of booting it again.
+                Intent::Stop => ctl.ctl.stop(),
+                Intent::None => {}
             }
             e.persist(&st);
             e.changed.notify_all();
