@@ -1,8 +1,9 @@
 //! An open file on the datastore: [`VmfsFile`].
 //!
 //! Data is not journaled: it goes straight to its block. A thin file gets blocks on first
-//! write, in batches ([`PREALLOC`] blocks past the end of a write at the end of the file, so
-//! sequential writers do not pay a lock and a journal commit per block). A new block is
+//! write, in batches (past the end of a write at the end of the file, [`PREALLOC`] blocks
+//! growing with the file up to [`PREALLOC_MAX`], so sequential writers do not pay a lock and
+//! a journal commit per block). A new block is
 //! recorded as *unwritten* (reads as zeros) in the same transaction that allocates it;
 //! the first write to it writes the whole block (data plus zeros), and clearing the
 //! unwritten flag is metadata that is committed lazily (on [`VmfsFile::flush`], on close, or
@@ -17,8 +18,13 @@ use crate::format::*;
 use crate::fs::{Inner, PtrCache, Res, Stat};
 use crate::paxos::Held;
 
-/// Blocks allocated ahead of a write that extends a file.
+/// Blocks allocated ahead of a write that extends a file, at least...
 pub const PREALLOC: u64 = 16;
+/// ...and at most: ahead grows with the file (as many blocks as it has), so a long
+/// sequential write commits O(log size) allocation transactions instead of one per
+/// PREALLOC blocks (each commit syncs the volume, which also forces out the data written so
+/// far in small pieces). Blocks never written are given back at close.
+pub const PREALLOC_MAX: u64 = 512;
 /// Most blocks allocated or freed in one transaction.
 const CHUNK: usize = 96;
 /// Commit lazily changed pointer pages when this many are dirty.
@@ -346,7 +352,8 @@ impl VmfsFile {
         let required = holes.len();
         if !eager && last + 1 >= self.ino.size.div_ceil(bs) {
             let max_fb = self.ds.vol.geo.max_file_size() / bs;
-            for fb in last + 1..(last + 1 + PREALLOC).min(max_fb) {
+            let ahead = (last + 1).clamp(PREALLOC, PREALLOC_MAX);
+            for fb in last + 1..(last + 1 + ahead).min(max_fb) {
                 if self.ds.ptr_entry(&self.ino, fb, &mut self.cache)?.is_none() {
                     holes.push(fb);
                 }

@@ -31,7 +31,7 @@ mod volume;
 
 pub use device::{open_device, BlockDevice, FileDevice, MemDevice};
 pub use error::{LockMode, Result, VmfsError};
-pub use file::{FileOptions, VmfsFile, PREALLOC};
+pub use file::{FileOptions, VmfsFile, PREALLOC, PREALLOC_MAX};
 pub use fs::{
     parse_path, CreateOptions, Datastore, DirListing, HostInfo, MountOptions, Stat, Usage,
     VolumeInfo,
