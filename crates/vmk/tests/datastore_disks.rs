@@ -14,12 +14,14 @@
 //! Needs Debian's mirror (or a warm image cache) like the other guest tests.
 
 mod common;
+mod daemon;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use daemon::Daemon;
 use serde_json::Value;
 use vmk_machine::datastore::DatastoreStorage;
 use vmk_vmdk::{OpenMode, Vmdk};
@@ -73,134 +75,19 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, vol: &Path, host_id: u32) -> Daemon {
-        std::fs::create_dir_all(dir).expect("host dir");
-        let socket = dir.join("vmk.sock");
-        let _ = std::fs::remove_file(&socket);
-        let config = dir.join("host.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "dir = \"{}\"\nsocket = \"{}\"\n\n[[datastore]]\nname = \"ds1\"\ndevice = \"{}\"\nhost_id = {host_id}\n\n[[datastore]]\nname = \"broken\"\ndevice = \"{}\"\n",
-                dir.join("host").display(),
-                socket.display(),
-                vol.display(),
-                dir.join("no-such-volume.img").display(),
-            ),
-        )
-        .expect("write host.toml");
-        let log = dir.join("host.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_vmk"))
-            .args(["host", "start", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            )
-            .spawn()
-            .expect("spawn vmk host start");
-        let d = Daemon { child, socket, log };
-        let t = Instant::now();
-        while !d.socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the host did not create its socket; its log:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn vmk_raw(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vmk"))
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .expect("run vmk")
-    }
-
-    fn vmk(&self, args: &[&str]) -> String {
-        let out = self.vmk_raw(args);
-        assert!(
-            out.status.success(),
-            "vmk {args:?} failed: {}\n{}\nhost log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn state(&self, name: &str) -> Value {
-        serde_json::from_str(&self.vmk(&["vm", "info", name, "--json"])).expect("info JSON")
-    }
-
-    fn console(&self, name: &str) -> String {
-        let c = vmk_host::client::Client::unix(&self.socket);
-        String::from_utf8_lossy(&c.console_log(name, 1 << 20).expect("console log")).into_owned()
-    }
-
-    fn wait_console(&self, name: &str, text: &str, timeout: Duration) {
-        let t = Instant::now();
-        while !self.console(name).contains(text) {
-            assert!(
-                t.elapsed() < timeout,
-                "VM {name} did not print {text:?} in {timeout:?}; console:\n{}\nhost log:\n{}",
-                self.console(name),
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn wait_ended(&self, name: &str, timeout: Duration) -> Value {
-        let t = Instant::now();
-        loop {
-            let v = self.state(name);
-            if v["state"] == "stopped" || v["state"] == "crashed" {
-                return v;
-            }
-            assert!(
-                t.elapsed() < timeout,
-                "VM {name} still running after {timeout:?}; console:\n{}",
-                self.console(name)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let st = self.child.wait().expect("wait");
-        assert!(st.success(), "host exited {st}; log:\n{}", self.log_text());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A host with datastore `ds1` on `vol` as host `host_id`, and a datastore `broken` whose
+/// volume does not exist.
+fn start_host(dir: &Path, vol: &Path, host_id: u32) -> Daemon {
+    Daemon::start(
+        dir,
+        &format!(
+            "\n[[datastore]]\nname = \"ds1\"\ndevice = \"{}\"\nhost_id = {host_id}\n\n[[datastore]]\nname = \"broken\"\ndevice = \"{}\"\n",
+            vol.display(),
+            dir.join("no-such-volume.img").display(),
+        ),
+        // Mounting waits for the datastore's lease protocol.
+        Duration::from_secs(60),
+    )
 }
 
 fn define(dir: &Path, image: &Path, name: &str, mode: &str, disk: &str) -> String {
@@ -263,7 +150,7 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
     );
 
     // 1. Host 1: a guest writes; the host reads the same bytes back from the datastore.
-    let a = Daemon::start(&root.join("a"), &vol, 1);
+    let a = start_host(&root.join("a"), &vol, 1);
     let info: Value =
         serde_json::from_str(&a.vmk(&["host", "info", "--json"])).expect("host info JSON");
     let ds = info["datastores"]
@@ -296,7 +183,9 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
         &define(root, &image, "writer", "write", disk),
     ]);
     a.vmk(&["vm", "start", "writer"]);
-    let v = a.wait_ended("writer", Duration::from_secs(600));
+    let v = a
+        .wait_ended(&["writer"], Duration::from_secs(600))
+        .remove(0);
     assert_eq!(v["last_exit"]["status"], 0, "{v}\n{}", a.console("writer"));
     let console = a.console("writer");
     let wrote = console
@@ -342,7 +231,7 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
         "ds-test: holding the disk",
         Duration::from_secs(300),
     );
-    let b = Daemon::start(&root.join("b"), &vol, 2);
+    let b = start_host(&root.join("b"), &vol, 2);
     b.vmk(&[
         "vm",
         "create",
@@ -359,7 +248,7 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
         "the refusal must say who holds the disk: {err}"
     );
     eprintln!("host 2 refused: {}", err.trim());
-    assert_ne!(b.state("taker")["state"], "running");
+    assert_ne!(b.info("taker")["state"], "running");
 
     // 3. Host 1 dies: after the lease timeout host 2 takes the disk over.
     let killed = Instant::now();
@@ -382,7 +271,7 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
     let took = killed.elapsed();
     eprintln!("host 2 took the disk over {took:?} after host 1 was killed");
     assert!(took >= Duration::from_millis(LEASE_MS), "{took:?}");
-    let v = b.wait_ended("taker", Duration::from_secs(600));
+    let v = b.wait_ended(&["taker"], Duration::from_secs(600)).remove(0);
     assert_eq!(v["last_exit"]["status"], 0, "{v}\n{}", b.console("taker"));
     b.stop();
 

@@ -3,11 +3,12 @@
 //! guests. Needs Debian's mirror (or a warm image cache) like the other guest tests.
 
 mod common;
+mod daemon;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use daemon::Daemon;
 use serde_json::Value;
 
 /// One image for every VM; the kernel command line says what each guest does.
@@ -30,118 +31,8 @@ exit "$code"
 "#;
 
 const APPEND: &str = "console=ttyS0 earlycon=sbi";
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let socket = dir.join("vmk.sock");
-        let config = dir.join("host.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "dir = \"{}\"\nsocket = \"{}\"\n",
-                dir.join("host").display(),
-                socket.display()
-            ),
-        )
-        .expect("write host.toml");
-        let log = dir.join(format!(
-            "host-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        let child = Command::new(env!("CARGO_BIN_EXE_vmk"))
-            .args(["host", "start", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(
-                std::fs::File::options()
-                    .append(true)
-                    .open(&log)
-                    .expect("log"),
-            )
-            .spawn()
-            .expect("spawn vmk host start");
-        let d = Daemon { child, socket, log };
-        let t = Instant::now();
-        while !d.socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the host did not create its socket; its log:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// `vmk ARGS --socket S`; panics with the output unless it succeeds.
-    fn vmk(&self, args: &[&str]) -> String {
-        let out = self.vmk_raw(args);
-        assert!(
-            out.status.success(),
-            "vmk {args:?} failed: {}\n{}\nhost log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn vmk_raw(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vmk"))
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .expect("run vmk")
-    }
-
-    fn info(&self, name: &str) -> Value {
-        serde_json::from_str(&self.vmk(&["vm", "info", name, "--json"])).expect("info JSON")
-    }
-
-    /// SIGTERM, as systemd stops it; the daemon must exit 0 and remove its socket.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                assert!(st.success(), "host exited {st}; log:\n{}", self.log_text());
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the host did not exit after SIGTERM; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(!self.socket.exists(), "socket left behind");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long the host may take to create its socket.
+const STARTUP: Duration = Duration::from_secs(30);
 
 fn define(
     dir: &Path,
@@ -163,31 +54,12 @@ fn define(
     path
 }
 
-fn wait_until_ended(d: &Daemon, names: &[&str], timeout: Duration) {
-    let t = Instant::now();
-    loop {
-        let states: Vec<String> = names
-            .iter()
-            .map(|n| d.info(n)["state"].as_str().unwrap_or("?").to_string())
-            .collect();
-        if states.iter().all(|s| s == "stopped" || s == "crashed") {
-            return;
-        }
-        assert!(
-            t.elapsed() < timeout,
-            "VMs still running after {timeout:?}: {states:?}; host log:\n{}",
-            d.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart() {
     let image = common::build_image("host-e2e", SCRIPT, &[]);
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let d = Daemon::start(dir);
+    let d = Daemon::start(dir, "", STARTUP);
 
     let fault = "FAULT-TRIGGER-0xdead";
     let defs = [
@@ -223,7 +95,7 @@ fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart
             String::from_utf8_lossy(&again.stderr)
         );
     }
-    wait_until_ended(&d, &["alpha", "bravo", "charlie"], Duration::from_secs(600));
+    d.wait_ended(&["alpha", "bravo", "charlie"], Duration::from_secs(600));
 
     let a = d.info("alpha");
     assert_eq!(a["state"], "stopped", "{a}");
@@ -240,12 +112,10 @@ fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart
 
     // The consoles were logged: the guests' own lines, and the crash stopped the third.
     let client = vmk_host::client::Client::unix(&d.socket);
-    let log_b =
-        String::from_utf8_lossy(&client.console_log("bravo", 1 << 20).expect("log")).into_owned();
+    let log_b = d.console("bravo");
     assert!(log_b.contains("vmk-guest: ready"), "{log_b}");
     assert!(log_b.contains("task says hello, will exit 3"), "{log_b}");
-    let log_c =
-        String::from_utf8_lossy(&client.console_log("charlie", 1 << 20).expect("log")).into_owned();
+    let log_c = d.console("charlie");
     assert!(
         log_c.contains("about to print the fault trigger"),
         "{log_c}"
@@ -275,7 +145,7 @@ fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart
     d.stop();
 
     // A new host process on the same directory has the same inventory and last exits.
-    let d = Daemon::start(dir);
+    let d = Daemon::start(dir, "", STARTUP);
     let list: Value = serde_json::from_str(&d.vmk(&["vm", "list", "--json"])).expect("list JSON");
     let names: Vec<&str> = list
         .as_array()
@@ -308,7 +178,7 @@ fn network_configuration_through_the_daemon_survives_a_restart() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0 && Path::new("/dev/net/tun").exists();
     let tap = format!("vmkd{}", std::process::id() % 100_000);
-    let d = Daemon::start(tmp.path());
+    let d = Daemon::start(tmp.path(), "", STARTUP);
     d.vmk(&["vswitch", "add", "sw0", "--mtu", "9000"]);
     if root {
         d.vmk(&["uplink", "add", "--vswitch", "sw0", "--tap", &tap]);
@@ -372,7 +242,7 @@ fn network_configuration_through_the_daemon_survives_a_restart() {
     );
     d.stop();
 
-    let d = Daemon::start(tmp.path());
+    let d = Daemon::start(tmp.path(), "", STARTUP);
     let list = d.vmk(&["portgroup", "list"]);
     let lan = list
         .lines()
