@@ -102,10 +102,7 @@ impl Hart {
                 break;
             }
         }
-        let blk = Box::new(Block {
-            ops,
-            end_off: cur - start_off,
-        });
+        let blk = Box::new(Block::new(ops, cur - start_off));
         let ptr: *const Block = &*blk;
         self.cache.arena.push(blk);
         self.cache.by_gpa.insert(gpa, ptr);
@@ -223,9 +220,10 @@ impl Hart {
         }
     }
 
-    /// Executes one block entered at virtual pc `self.pc`. `self.instret` already counts all
-    /// its ops; early exits give back the ops that did not retire.
-    pub(crate) fn exec_block(&mut self, blk: &Block) -> Option<Exit> {
+    /// Executes one block entered at virtual pc `self.pc`, from op `start` on (the ops before
+    /// it ran as compiled code). `self.instret` already counts all its ops; early exits give
+    /// back the ops that did not retire.
+    pub(crate) fn exec_block(&mut self, blk: &Block, start: usize) -> Option<Exit> {
         let vpc = self.pc;
         macro_rules! x {
             ($r:expr) => {
@@ -273,7 +271,7 @@ impl Hart {
                 }
             }};
         }
-        for (i, op) in blk.ops.iter().enumerate() {
+        for (i, op) in blk.ops.iter().enumerate().skip(start) {
             // By reference: copying the op would load every field before the dispatch.
             match op.kind {
                 K::Addi => x!(op.rd) = x!(op.rs1).wrapping_add(op.imm as u64),

@@ -30,8 +30,14 @@ mod csr;
 mod decode;
 mod exec;
 pub mod fpu;
+#[cfg(target_arch = "x86_64")]
+mod jit;
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "jit_none.rs"]
+mod jit;
 mod mmu;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -135,6 +141,8 @@ pub struct HartConfig {
     /// Interrupt causes (bit n = cause n) after whose delivery `run` returns
     /// [`Exit::Interrupt`].
     pub exit_on_interrupt: u64,
+    /// Compile hot blocks to host code (x86-64 hosts; elsewhere the interpreter runs all).
+    pub jit: bool,
 }
 
 impl Default for HartConfig {
@@ -146,6 +154,7 @@ impl Default for HartConfig {
             timebase_hz: 10_000_000,
             time_fn: None,
             exit_on_interrupt: 0,
+            jit: cfg!(target_arch = "x86_64"),
         }
     }
 }
@@ -158,6 +167,7 @@ impl std::fmt::Debug for HartConfig {
             .field("sbi_exits", &self.sbi_exits)
             .field("timebase_hz", &self.timebase_hz)
             .field("exit_on_interrupt", &self.exit_on_interrupt)
+            .field("jit", &self.jit)
             .finish()
     }
 }
@@ -280,6 +290,22 @@ pub(crate) struct Block {
     /// Offset from the block's start of the instruction after its last op (where execution
     /// continues when no op left the block).
     end_off: i64,
+    /// Host code for the block once it is hot.
+    jit: Cell<Option<jit::JitFn>>,
+    /// Executions so far, up to [`jit::HOT_THRESHOLD`]; `u32::MAX` when it will not be
+    /// compiled.
+    heat: Cell<u32>,
+}
+
+impl Block {
+    fn new(ops: Vec<Op>, end_off: i64) -> Block {
+        Block {
+            ops,
+            end_off,
+            jit: Cell::new(None),
+            heat: Cell::new(0),
+        }
+    }
 }
 
 const JC_BITS: u32 = 12;
@@ -305,6 +331,10 @@ struct BlockCache {
     jc: Box<[JcEntry]>,
     jc_gen: u64,
     flush_pending: bool,
+    /// Code of compiled blocks; made at the first compile, `None` when the JIT is off.
+    code: Option<jit::CodeArena>,
+    /// The JIT is on and the code arena could be made (or has not been tried yet).
+    jit_enabled: bool,
 }
 
 const MAX_BLOCKS: usize = 1 << 17;
@@ -326,6 +356,8 @@ impl BlockCache {
             .into_boxed_slice(),
             jc_gen: 1,
             flush_pending: false,
+            code: None,
+            jit_enabled: false,
         }
     }
 
@@ -333,6 +365,9 @@ impl BlockCache {
         self.by_gpa.clear();
         self.code_pages.clear();
         self.arena.clear();
+        if let Some(code) = &mut self.code {
+            code.reset();
+        }
         self.invalidate_jc();
         self.flush_pending = false;
     }
@@ -474,6 +509,7 @@ impl Hart {
             fflags: 0,
             frm: 0,
         };
+        h.cache.jit_enabled = h.cfg.jit;
         h.update_tags();
         h
     }
@@ -592,23 +628,82 @@ impl Hart {
                     }
                     BlockErr::Straddle(op) => {
                         // An instruction that crosses a page: run it alone, uncached.
-                        let blk = Block {
-                            ops: vec![op],
-                            end_off: op.len as i64,
-                        };
+                        let blk = Block::new(vec![op], op.len as i64);
                         self.instret += 1;
-                        if let Some(x) = self.exec_block(&blk) {
+                        if let Some(x) = self.exec_block(&blk, 0) {
                             return x;
                         }
                         continue;
                     }
                 },
             };
-            self.instret += (unsafe { &*blk }).ops.len() as u64;
             // SAFETY: blocks are owned by `self.cache.arena` and freed only by
             // BlockCache::flush, which runs in `service` between blocks, never during one.
-            if let Some(x) = self.exec_block(unsafe { &*blk }) {
+            let blk = unsafe { &*blk };
+            self.instret += blk.ops.len() as u64;
+            let start = match blk.jit.get() {
+                Some(code) => {
+                    // SAFETY: the code was compiled for this block and lives in
+                    // `self.cache.code` until the flush that also frees the block; it only
+                    // touches x, pc, instret and guest RAM reached through the TLBs.
+                    let r = unsafe {
+                        code(
+                            self.x.as_mut_ptr(),
+                            self.pc,
+                            self.tlb.read.as_ptr(),
+                            self.tlb.write.as_ptr(),
+                            self.dtag,
+                        )
+                    };
+                    if r == 0 {
+                        continue;
+                    }
+                    (r - 1) as usize
+                }
+                None => {
+                    self.heat_up(blk);
+                    0
+                }
+            };
+            if let Some(x) = self.exec_block(blk, start) {
                 return x;
+            }
+        }
+    }
+
+    /// Counts an interpreted execution of `blk` and compiles it once it is hot.
+    #[inline(always)]
+    fn heat_up(&mut self, blk: &Block) {
+        let heat = blk.heat.get();
+        if heat < jit::HOT_THRESHOLD {
+            blk.heat.set(heat + 1);
+            return;
+        }
+        if heat == u32::MAX || !self.cache.jit_enabled {
+            return;
+        }
+        self.compile(blk);
+    }
+
+    #[cold]
+    fn compile(&mut self, blk: &Block) {
+        if self.cache.code.is_none() {
+            self.cache.code = jit::CodeArena::new();
+            if self.cache.code.is_none() {
+                // No executable memory on this host: interpret.
+                self.cache.jit_enabled = false;
+                return;
+            }
+        }
+        let Some(code) = &mut self.cache.code else {
+            return;
+        };
+        match jit::compile(code, &blk.ops, blk.end_off) {
+            Ok(f) => blk.jit.set(Some(f)),
+            Err(jit::NoCode::Unsupported) => blk.heat.set(u32::MAX),
+            Err(jit::NoCode::ArenaFull) => {
+                self.cache.flush_pending = true;
+                self.local_attention = true;
             }
         }
     }

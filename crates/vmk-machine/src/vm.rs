@@ -523,6 +523,9 @@ impl Vm {
                     timebase_hz: TIMEBASE_HZ,
                     time_fn: Some(time_fn.clone()),
                     exit_on_interrupt: 0,
+                    // VMK_JIT=0 runs the interpreter alone (to compare, or to rule the
+                    // block compiler out when chasing a guest problem).
+                    jit: std::env::var_os("VMK_JIT").is_none_or(|v| v != "0"),
                 },
             );
             // The hypervisor is the M-mode firmware: delegate everything it can to S-mode,

@@ -1,0 +1,570 @@
+//! The x86-64 block compiler: turns a hot decoded [`Block`](crate::Block) into host code.
+//!
+//! Contract with the interpreter. Guest registers stay in the hart's `x` array (no register
+//! allocation), so the state is exact after every op and the interpreter can take over at any
+//! op. Compiled code handles the common integer ops, loads and stores through the software
+//! TLB's fast path, branches and jumps. Everything else (a TLB miss, a page-crossing access,
+//! CSRs, FP, atomics, system ops) returns `i + 1` *before* touching any state of op `i`, and
+//! the interpreter runs the block on from op `i`. A return of 0 means the block ran to its end
+//! and the pc is written; taken branches give back their untaken ops to `instret` themselves.
+//!
+//! Written by hand on dynasm rather than with a compiler back end (Cranelift): blocks are
+//! small, compiled once they are hot, and compile time must be microseconds.
+
+use crate::decode::{Op, K};
+use crate::{Hart, TlbEntry, TLB_SIZE};
+use dynasmrt::x64::X64Relocation;
+use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+use std::mem::offset_of;
+
+/// Compiled block: `(x, vpc, tlb_read, tlb_write, dtag) -> 0 | resume op + 1`.
+pub(crate) type JitFn = unsafe extern "sysv64" fn(
+    x: *mut u64,
+    vpc: u64,
+    tlb_read: *const TlbEntry,
+    tlb_write: *const TlbEntry,
+    dtag: u64,
+) -> u64;
+
+/// Executions of a block before it is compiled: most boot-time code runs a few times only.
+pub(crate) const HOT_THRESHOLD: u32 = 32;
+
+/// Code space per hart. Only the pages written count towards the host's memory.
+const ARENA_SIZE: usize = 64 << 20;
+
+const _: () = assert!(std::mem::size_of::<TlbEntry>() == 24);
+const _: () = assert!(offset_of!(TlbEntry, tag) == 0 && offset_of!(TlbEntry, addend) == 8);
+
+/// Byte offset of a Hart field from `x[0]`, which the compiled code gets as its base.
+const fn hart_off(field: usize) -> i32 {
+    field as i32 - offset_of!(Hart, x) as i32
+}
+const PC: i32 = hart_off(offset_of!(Hart, pc));
+const INSTRET: i32 = hart_off(offset_of!(Hart, instret));
+
+/// Executable memory with two views of one memfd: code is written through a writable
+/// mapping and run from an executable one, so no page is ever writable and executable.
+pub(crate) struct CodeArena {
+    rw: *mut u8,
+    rx: *const u8,
+    size: usize,
+    used: usize,
+}
+
+impl CodeArena {
+    /// `None` when the host refuses (no memfd, or no executable mappings): the hart then
+    /// interprets everything.
+    pub(crate) fn new() -> Option<CodeArena> {
+        let size = ARENA_SIZE;
+        // SAFETY: plain syscalls; every result is checked and the fd closed on all paths.
+        unsafe {
+            let fd = libc::memfd_create(c"vmk-jit".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 {
+                return None;
+            }
+            if libc::ftruncate(fd, size as libc::off_t) != 0 {
+                libc::close(fd);
+                return None;
+            }
+            let map = |prot| libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0);
+            let rw = map(libc::PROT_READ | libc::PROT_WRITE);
+            let rx = map(libc::PROT_READ | libc::PROT_EXEC);
+            libc::close(fd);
+            if rw == libc::MAP_FAILED || rx == libc::MAP_FAILED {
+                for m in [rw, rx] {
+                    if m != libc::MAP_FAILED {
+                        libc::munmap(m, size);
+                    }
+                }
+                return None;
+            }
+            Some(CodeArena {
+                rw: rw as *mut u8,
+                rx: rx as *const u8,
+                size,
+                used: 0,
+            })
+        }
+    }
+
+    /// Forgets all code; only called when no compiled block can run any more.
+    pub(crate) fn reset(&mut self) {
+        self.used = 0;
+    }
+}
+
+impl Drop for CodeArena {
+    fn drop(&mut self) {
+        // SAFETY: both mappings were made in `new` with this size and are not used after.
+        unsafe {
+            libc::munmap(self.rw as *mut libc::c_void, self.size);
+            libc::munmap(self.rx as *mut libc::c_void, self.size);
+        }
+    }
+}
+
+/// Why a block got no code.
+pub(crate) enum NoCode {
+    /// Its first op is one the compiler leaves to the interpreter: nothing to gain.
+    Unsupported,
+    /// The arena is full: flush the block cache (and the arena with it).
+    ArenaFull,
+}
+
+/// Compiles `ops` (a block whose fall-through end is `end_off` bytes after its start).
+pub(crate) fn compile(arena: &mut CodeArena, ops: &[Op], end_off: i64) -> Result<JitFn, NoCode> {
+    if !supported(&ops[0]) {
+        return Err(NoCode::Unsupported);
+    }
+    let base = arena.rx as usize + arena.used;
+    let mut a = VecAssembler::<X64Relocation>::new(base);
+    emit_block(&mut a, ops, end_off);
+    let code = a.finalize().map_err(|_| NoCode::Unsupported)?;
+    // Keep entries 16-byte aligned, as compilers do for functions.
+    let len = (code.len() + 15) & !15;
+    if arena.used + len > arena.size {
+        return Err(NoCode::ArenaFull);
+    }
+    // SAFETY: the range is inside the writable view; nothing runs code there yet.
+    unsafe {
+        std::ptr::copy_nonoverlapping(code.as_ptr(), arena.rw.add(arena.used), code.len());
+    }
+    arena.used += len;
+    // SAFETY: `base` is the executable view of the bytes just written, assembled for that
+    // address, following the sysv64 convention of JitFn.
+    Ok(unsafe { std::mem::transmute::<usize, JitFn>(base) })
+}
+
+/// Ops the compiler emits code for; the block is compiled up to the first other one.
+fn supported(op: &Op) -> bool {
+    use K::*;
+    matches!(
+        op.kind,
+        Lui | Auipc
+            | Jal
+            | JalInline
+            | Jalr
+            | Beq
+            | Bne
+            | Blt
+            | Bge
+            | Bltu
+            | Bgeu
+            | Lb
+            | Lh
+            | Lw
+            | Ld
+            | Lbu
+            | Lhu
+            | Lwu
+            | Sb
+            | Sh
+            | Sw
+            | Sd
+            | Addi
+            | Slti
+            | Sltiu
+            | Xori
+            | Ori
+            | Andi
+            | Slli
+            | Srli
+            | Srai
+            | Add
+            | Sub
+            | Sll
+            | Slt
+            | Sltu
+            | Xor
+            | Srl
+            | Sra
+            | Or
+            | And
+            | Addiw
+            | Slliw
+            | Srliw
+            | Sraiw
+            | Addw
+            | Subw
+            | Sllw
+            | Srlw
+            | Sraw
+            | Mul
+            | Mulh
+            | Mulhu
+            | Mulw
+            | Div
+            | Divu
+            | Rem
+            | Remu
+            | Divw
+            | Divuw
+            | Remw
+            | Remuw
+            | Fence
+    ) && (!matches!(op.kind, Lui | Auipc) || i32::try_from(op.imm).is_ok())
+}
+
+type Asm = VecAssembler<X64Relocation>;
+
+fn r(i: u8) -> i32 {
+    ((i & 63) as i32) * 8
+}
+
+/// Out-of-line exits, emitted after the block body.
+enum Stub {
+    /// Leave to the interpreter at op `i`.
+    Resume(DynamicLabel, usize),
+    /// A taken branch at op `i`: pc = vpc + `disp`, give back `untaken` ops.
+    Taken(DynamicLabel, i32, u64),
+}
+
+// Register use: rdi = &x[0], rsi = vpc, r8 = read TLB, r9 = write TLB, r10 = data tag;
+// rax, rcx, rdx, r11 are scratch. Nothing is called, so no register needs saving.
+fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
+    dynasm!(a
+        ; .arch x64
+        ; mov r10, r8
+        ; mov r8, rdx
+        ; mov r9, rcx
+    );
+    let n = ops.len();
+    let mut stubs: Vec<Stub> = Vec::new();
+    let resume = |a: &mut Asm, stubs: &mut Vec<Stub>, i: usize| {
+        let l = a.new_dynamic_label();
+        stubs.push(Stub::Resume(l, i));
+        l
+    };
+    let mut ended = false;
+    for (i, op) in ops.iter().enumerate() {
+        if !supported(op) {
+            dynasm!(a ; .arch x64 ; mov eax, (i + 1) as i32 ; ret);
+            ended = true;
+            break;
+        }
+        let (rd, rs1, rs2) = (r(op.rd), r(op.rs1), r(op.rs2));
+        let imm = op.imm as i32;
+        let here = op.pc_off as i32;
+        let next = here + op.len as i32;
+        match op.kind {
+            K::Lui => dynasm!(a ; .arch x64 ; mov QWORD [rdi + rd], imm),
+            K::Auipc => {
+                // imm fits i32 (checked by `supported`); pc_off is small.
+                let disp = op.imm + op.pc_off as i64;
+                if let Ok(d) = i32::try_from(disp) {
+                    dynasm!(a ; .arch x64 ; lea rax, [rsi + d]);
+                } else {
+                    dynasm!(a ; .arch x64 ; mov rax, QWORD disp ; add rax, rsi);
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Jal => {
+                dynasm!(a
+                    ; .arch x64
+                    ; lea rax, [rsi + next]
+                    ; mov [rdi + rd], rax
+                    ; lea rax, [rsi + here + imm]
+                    ; mov [rdi + PC], rax
+                    ; xor eax, eax
+                    ; ret
+                );
+                ended = true;
+                break;
+            }
+            K::JalInline => dynasm!(a
+                ; .arch x64
+                ; lea rax, [rsi + next]
+                ; mov [rdi + rd], rax
+            ),
+            K::Jalr => {
+                // The target is read before the link is written: rd may be rs1.
+                dynasm!(a
+                    ; .arch x64
+                    ; mov rax, [rdi + rs1]
+                    ; add rax, imm
+                    ; and rax, -2
+                    ; lea rcx, [rsi + next]
+                    ; mov [rdi + rd], rcx
+                    ; mov [rdi + PC], rax
+                    ; xor eax, eax
+                    ; ret
+                );
+                ended = true;
+                break;
+            }
+            K::Beq | K::Bne | K::Blt | K::Bge | K::Bltu | K::Bgeu => {
+                let l = a.new_dynamic_label();
+                stubs.push(Stub::Taken(l, here + imm, (n - i - 1) as u64));
+                dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1] ; cmp rax, [rdi + rs2]);
+                match op.kind {
+                    K::Beq => dynasm!(a ; .arch x64 ; je =>l),
+                    K::Bne => dynasm!(a ; .arch x64 ; jne =>l),
+                    K::Blt => dynasm!(a ; .arch x64 ; jl =>l),
+                    K::Bge => dynasm!(a ; .arch x64 ; jge =>l),
+                    K::Bltu => dynasm!(a ; .arch x64 ; jb =>l),
+                    _ => dynasm!(a ; .arch x64 ; jae =>l),
+                }
+            }
+            K::Lb | K::Lh | K::Lw | K::Ld | K::Lbu | K::Lhu | K::Lwu => {
+                let size = match op.kind {
+                    K::Lb | K::Lbu => 1,
+                    K::Lh | K::Lhu => 2,
+                    K::Lw | K::Lwu => 4,
+                    _ => 8,
+                };
+                let miss = resume(a, &mut stubs, i);
+                emit_translate(a, rs1, imm, size, false, miss);
+                match op.kind {
+                    K::Lb => dynasm!(a ; .arch x64 ; movsx rax, BYTE [rax]),
+                    K::Lbu => dynasm!(a ; .arch x64 ; movzx eax, BYTE [rax]),
+                    K::Lh => dynasm!(a ; .arch x64 ; movsx rax, WORD [rax]),
+                    K::Lhu => dynasm!(a ; .arch x64 ; movzx eax, WORD [rax]),
+                    K::Lw => dynasm!(a ; .arch x64 ; movsxd rax, DWORD [rax]),
+                    K::Lwu => dynasm!(a ; .arch x64 ; mov eax, [rax]),
+                    _ => dynasm!(a ; .arch x64 ; mov rax, [rax]),
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Sb | K::Sh | K::Sw | K::Sd => {
+                let size = match op.kind {
+                    K::Sb => 1,
+                    K::Sh => 2,
+                    K::Sw => 4,
+                    _ => 8,
+                };
+                let miss = resume(a, &mut stubs, i);
+                emit_translate(a, rs1, imm, size, true, miss);
+                dynasm!(a ; .arch x64 ; mov rdx, [rdi + rs2]);
+                match op.kind {
+                    K::Sb => dynasm!(a ; .arch x64 ; mov [rax], dl),
+                    K::Sh => dynasm!(a ; .arch x64 ; mov [rax], dx),
+                    K::Sw => dynasm!(a ; .arch x64 ; mov [rax], edx),
+                    _ => dynasm!(a ; .arch x64 ; mov [rax], rdx),
+                }
+            }
+            K::Addi => {
+                dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1]);
+                if imm != 0 {
+                    dynasm!(a ; .arch x64 ; add rax, imm);
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Slti | K::Sltiu => {
+                dynasm!(a ; .arch x64 ; xor edx, edx ; mov rax, [rdi + rs1] ; cmp rax, imm);
+                if op.kind == K::Slti {
+                    dynasm!(a ; .arch x64 ; setl dl);
+                } else {
+                    dynasm!(a ; .arch x64 ; setb dl);
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rdx);
+            }
+            K::Xori | K::Ori | K::Andi => {
+                dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1]);
+                match op.kind {
+                    K::Xori => dynasm!(a ; .arch x64 ; xor rax, imm),
+                    K::Ori => dynasm!(a ; .arch x64 ; or rax, imm),
+                    _ => dynasm!(a ; .arch x64 ; and rax, imm),
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Slli | K::Srli | K::Srai => {
+                let sh = (op.imm & 63) as i8;
+                dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1]);
+                match op.kind {
+                    K::Slli => dynasm!(a ; .arch x64 ; shl rax, sh),
+                    K::Srli => dynasm!(a ; .arch x64 ; shr rax, sh),
+                    _ => dynasm!(a ; .arch x64 ; sar rax, sh),
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Add | K::Sub | K::Xor | K::Or | K::And | K::Mul => {
+                dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1]);
+                match op.kind {
+                    K::Add => dynasm!(a ; .arch x64 ; add rax, [rdi + rs2]),
+                    K::Sub => dynasm!(a ; .arch x64 ; sub rax, [rdi + rs2]),
+                    K::Xor => dynasm!(a ; .arch x64 ; xor rax, [rdi + rs2]),
+                    K::Or => dynasm!(a ; .arch x64 ; or rax, [rdi + rs2]),
+                    K::And => dynasm!(a ; .arch x64 ; and rax, [rdi + rs2]),
+                    _ => dynasm!(a ; .arch x64 ; imul rax, [rdi + rs2]),
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Sll | K::Srl | K::Sra => {
+                // x86 masks 64-bit shift counts to 6 bits, as RISC-V does.
+                dynasm!(a ; .arch x64 ; mov rcx, [rdi + rs2] ; mov rax, [rdi + rs1]);
+                match op.kind {
+                    K::Sll => dynasm!(a ; .arch x64 ; shl rax, cl),
+                    K::Srl => dynasm!(a ; .arch x64 ; shr rax, cl),
+                    _ => dynasm!(a ; .arch x64 ; sar rax, cl),
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+            }
+            K::Slt | K::Sltu => {
+                dynasm!(a
+                    ; .arch x64
+                    ; xor edx, edx
+                    ; mov rax, [rdi + rs1]
+                    ; cmp rax, [rdi + rs2]
+                );
+                if op.kind == K::Slt {
+                    dynasm!(a ; .arch x64 ; setl dl);
+                } else {
+                    dynasm!(a ; .arch x64 ; setb dl);
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rdx);
+            }
+            K::Addiw | K::Slliw | K::Srliw | K::Sraiw => {
+                let sh = (op.imm & 31) as i8;
+                dynasm!(a ; .arch x64 ; mov eax, [rdi + rs1]);
+                match op.kind {
+                    K::Addiw => dynasm!(a ; .arch x64 ; add eax, imm),
+                    K::Slliw => dynasm!(a ; .arch x64 ; shl eax, sh),
+                    K::Srliw => dynasm!(a ; .arch x64 ; shr eax, sh),
+                    _ => dynasm!(a ; .arch x64 ; sar eax, sh),
+                }
+                dynasm!(a ; .arch x64 ; movsxd rax, eax ; mov [rdi + rd], rax);
+            }
+            K::Addw | K::Subw | K::Mulw => {
+                dynasm!(a ; .arch x64 ; mov eax, [rdi + rs1]);
+                match op.kind {
+                    K::Addw => dynasm!(a ; .arch x64 ; add eax, [rdi + rs2]),
+                    K::Subw => dynasm!(a ; .arch x64 ; sub eax, [rdi + rs2]),
+                    _ => dynasm!(a ; .arch x64 ; imul eax, [rdi + rs2]),
+                }
+                dynasm!(a ; .arch x64 ; movsxd rax, eax ; mov [rdi + rd], rax);
+            }
+            K::Sllw | K::Srlw | K::Sraw => {
+                // 32-bit shift counts are masked to 5 bits, as RISC-V's W shifts are.
+                dynasm!(a ; .arch x64 ; mov ecx, [rdi + rs2] ; mov eax, [rdi + rs1]);
+                match op.kind {
+                    K::Sllw => dynasm!(a ; .arch x64 ; shl eax, cl),
+                    K::Srlw => dynasm!(a ; .arch x64 ; shr eax, cl),
+                    _ => dynasm!(a ; .arch x64 ; sar eax, cl),
+                }
+                dynasm!(a ; .arch x64 ; movsxd rax, eax ; mov [rdi + rd], rax);
+            }
+            K::Mulh | K::Mulhu => {
+                dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1]);
+                if op.kind == K::Mulh {
+                    dynasm!(a ; .arch x64 ; imul QWORD [rdi + rs2]);
+                } else {
+                    dynasm!(a ; .arch x64 ; mul QWORD [rdi + rs2]);
+                }
+                dynasm!(a ; .arch x64 ; mov [rdi + rd], rdx);
+            }
+            K::Div | K::Divu | K::Rem | K::Remu | K::Divw | K::Divuw | K::Remw | K::Remuw => {
+                emit_div(a, op)
+            }
+            K::Fence => {}
+            _ => unreachable!("supported() admitted {:?}", op.kind),
+        }
+    }
+    if !ended {
+        dynasm!(a
+            ; .arch x64
+            ; lea rax, [rsi + end_off as i32]
+            ; mov [rdi + PC], rax
+            ; xor eax, eax
+            ; ret
+        );
+    }
+    for s in stubs {
+        match s {
+            Stub::Resume(l, i) => dynasm!(a ; .arch x64 ; =>l ; mov eax, (i + 1) as i32 ; ret),
+            Stub::Taken(l, disp, untaken) => dynasm!(a
+                ; .arch x64
+                ; =>l
+                ; lea rax, [rsi + disp]
+                ; mov [rdi + PC], rax
+                ; sub QWORD [rdi + INSTRET], untaken as i32
+                ; xor eax, eax
+                ; ret
+            ),
+        }
+    }
+}
+
+/// Leaves the host address of `x[rs1] + imm` in rax, or jumps to `miss` when the TLB has no
+/// entry for it or the access crosses the page (the interpreter's slow path handles both).
+fn emit_translate(a: &mut Asm, rs1: i32, imm: i32, size: i32, write: bool, miss: DynamicLabel) {
+    dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1]);
+    if imm != 0 {
+        dynasm!(a ; .arch x64 ; add rax, imm);
+    }
+    dynasm!(a
+        ; .arch x64
+        ; mov rcx, rax
+        ; shr rcx, 12
+        ; and ecx, (TLB_SIZE - 1) as i32
+        ; lea rcx, [rcx + rcx * 2]
+        ; mov rdx, rax
+        ; and rdx, -4096
+        ; or rdx, r10
+    );
+    if write {
+        dynasm!(a ; .arch x64 ; lea rcx, [r9 + rcx * 8]);
+    } else {
+        dynasm!(a ; .arch x64 ; lea rcx, [r8 + rcx * 8]);
+    }
+    dynasm!(a ; .arch x64 ; cmp rdx, [rcx] ; jne =>miss);
+    if size > 1 {
+        dynasm!(a
+            ; .arch x64
+            ; mov edx, eax
+            ; and edx, 0xfff
+            ; cmp edx, 0x1000 - size
+            ; ja =>miss
+        );
+    }
+    dynasm!(a ; .arch x64 ; add rax, [rcx + 8]);
+}
+
+/// Division with RISC-V's results for a zero divisor (quotient all ones, remainder the
+/// dividend) and for overflow (quotient the dividend, remainder 0); x86 would fault on both.
+fn emit_div(a: &mut Asm, op: &Op) {
+    let (rd, rs1, rs2) = (r(op.rd), r(op.rs1), r(op.rs2));
+    let word = matches!(op.kind, K::Divw | K::Divuw | K::Remw | K::Remuw);
+    let signed = matches!(op.kind, K::Div | K::Rem | K::Divw | K::Remw);
+    let rem = matches!(op.kind, K::Rem | K::Remu | K::Remw | K::Remuw);
+    let zero = a.new_dynamic_label();
+    let done = a.new_dynamic_label();
+    let minus_one = a.new_dynamic_label();
+    if word {
+        dynasm!(a ; .arch x64 ; mov eax, [rdi + rs1] ; mov ecx, [rdi + rs2] ; test ecx, ecx ; jz =>zero);
+    } else {
+        dynasm!(a ; .arch x64 ; mov rax, [rdi + rs1] ; mov rcx, [rdi + rs2] ; test rcx, rcx ; jz =>zero);
+    }
+    match (word, signed) {
+        (false, true) => dynasm!(a ; .arch x64 ; cmp rcx, -1 ; je =>minus_one ; cqo ; idiv rcx),
+        (false, false) => dynasm!(a ; .arch x64 ; xor edx, edx ; div rcx),
+        (true, true) => dynasm!(a ; .arch x64 ; cmp ecx, -1 ; je =>minus_one ; cdq ; idiv ecx),
+        (true, false) => dynasm!(a ; .arch x64 ; xor edx, edx ; div ecx),
+    }
+    // Result: rax (quotient) or rdx (remainder), sign-extended from 32 bits for W ops.
+    if rem {
+        dynasm!(a ; .arch x64 ; mov rax, rdx);
+    }
+    dynasm!(a ; .arch x64 ; =>done);
+    if word {
+        dynasm!(a ; .arch x64 ; movsxd rax, eax);
+    }
+    dynasm!(a ; .arch x64 ; mov [rdi + rd], rax);
+    let out = a.new_dynamic_label();
+    dynasm!(a ; .arch x64 ; jmp =>out);
+    // Divisor 0: quotient all ones, remainder the dividend (still in rax).
+    dynasm!(a ; .arch x64 ; =>zero);
+    if !rem {
+        dynasm!(a ; .arch x64 ; mov rax, -1);
+    }
+    dynasm!(a ; .arch x64 ; jmp =>done);
+    // Divisor -1: quotient -dividend (wrapping, which covers MIN / -1), remainder 0.
+    dynasm!(a ; .arch x64 ; =>minus_one);
+    if rem {
+        dynasm!(a ; .arch x64 ; xor eax, eax);
+    } else if word {
+        dynasm!(a ; .arch x64 ; neg eax);
+    } else {
+        dynasm!(a ; .arch x64 ; neg rax);
+    }
+    dynasm!(a ; .arch x64 ; jmp =>done ; =>out);
+}
