@@ -38,11 +38,41 @@ impl Hart {
             Err(Fault::Mmio(_)) => return Err(BlockErr::Trap(cause::FETCH_ACCESS, pc)),
         };
         let blk = match self.cache.by_gpa.get(&gpa) {
-            Some(b) => *b,
+            // SAFETY: blocks in `by_gpa` are alive (owned by the arena).
+            Some(&b) if self.still_current(unsafe { &*b }, gpa, host) => b,
+            Some(_) => {
+                self.cache.invalidate_page(gpa & !0xfff);
+                self.decode_block(pc, gpa, host)?
+            }
             None => self.decode_block(pc, gpa, host)?,
         };
         self.cache.jc[idx] = JcEntry { pc, tag, blk };
         Ok(blk)
+    }
+
+    /// True when guest memory still holds the instructions `blk` was decoded from (checked
+    /// once per FENCE.I generation).
+    fn still_current(&self, blk: &Block, gpa: u64, host: *const u8) -> bool {
+        if blk.checked.get() == self.cache.fence_gen {
+            return true;
+        }
+        let start_off = (gpa & 0xfff) as i64;
+        let page_host = host.wrapping_sub(start_off as usize);
+        let same = blk.ops.iter().all(|op| {
+            let off = (start_off + op.pc_off as i64) as usize;
+            // SAFETY: decode_block only made ops that lie wholly inside this 4 KiB frame.
+            unsafe {
+                if op.len == 2 {
+                    (page_host.add(off) as *const u16).read_unaligned() as u32 == op.raw
+                } else {
+                    (page_host.add(off) as *const u32).read_unaligned() == op.raw
+                }
+            }
+        });
+        if same {
+            blk.checked.set(self.cache.fence_gen);
+        }
+        same
     }
 
     /// Decodes the block starting at `gpa` (host address `host`, virtual `pc`).
@@ -102,7 +132,7 @@ impl Hart {
                 break;
             }
         }
-        let blk = Box::new(Block::new(ops, cur - start_off));
+        let blk = Box::new(Block::new(ops, cur - start_off, self.cache.fence_gen));
         let ptr: *const Block = &*blk;
         self.cache.arena.push(blk);
         self.cache.by_gpa.insert(gpa, ptr);
@@ -625,8 +655,7 @@ impl Hart {
                     return None;
                 }
                 K::FenceI => {
-                    self.cache.flush_pending = true;
-                    self.local_attention = true;
+                    self.cache.fence_i();
                     self.leave_after(vpc, blk, i);
                     return None;
                 }

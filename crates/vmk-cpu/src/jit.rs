@@ -17,9 +17,9 @@ use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use std::mem::offset_of;
 
-/// Compiled block: `(x, vpc, tlb_read, tlb_write, dtag) -> 0 | resume op + 1`.
+/// Compiled block: `(hart, vpc, tlb_read, tlb_write, dtag) -> 0 | resume op + 1`.
 pub(crate) type JitFn = unsafe extern "sysv64" fn(
-    x: *mut u64,
+    hart: *mut Hart,
     vpc: u64,
     tlb_read: *const TlbEntry,
     tlb_write: *const TlbEntry,
@@ -35,16 +35,15 @@ const ARENA_SIZE: usize = 64 << 20;
 const _: () = assert!(std::mem::size_of::<TlbEntry>() == 24);
 const _: () = assert!(offset_of!(TlbEntry, tag) == 0 && offset_of!(TlbEntry, addend) == 8);
 
-/// Byte offset of a Hart field from `x[0]`, which the compiled code gets as its base.
-const fn hart_off(field: usize) -> i32 {
-    field as i32 - offset_of!(Hart, x) as i32
-}
-const PC: i32 = hart_off(offset_of!(Hart, pc));
-const INSTRET: i32 = hart_off(offset_of!(Hart, instret));
+/// Offsets in the Hart, which compiled code gets as its base.
+const X: i32 = offset_of!(Hart, x) as i32;
+const PC: i32 = offset_of!(Hart, pc) as i32;
+const INSTRET: i32 = offset_of!(Hart, instret) as i32;
 
 /// Executable memory with two views of one memfd: code is written through a writable
 /// mapping and run from an executable one, so no page is ever writable and executable.
 pub(crate) struct CodeArena {
+    fd: libc::c_int,
     rw: *mut u8,
     rx: *const u8,
     size: usize,
@@ -52,33 +51,41 @@ pub(crate) struct CodeArena {
 }
 
 impl CodeArena {
-    /// `None` when the host refuses (no memfd, or no executable mappings): the hart then
+    /// Fails when the host refuses (no memfd, or no executable mappings): the hart then
     /// interprets everything.
-    pub(crate) fn new() -> Option<CodeArena> {
+    pub(crate) fn new() -> std::io::Result<CodeArena> {
         let size = ARENA_SIZE;
         // SAFETY: plain syscalls; every result is checked and the fd closed on all paths.
         unsafe {
-            let fd = libc::memfd_create(c"vmk-jit".as_ptr(), libc::MFD_CLOEXEC);
+            // Kernels with vm.memfd_noexec need MFD_EXEC; older ones refuse the flag.
+            let name = c"vmk-jit".as_ptr();
+            let mut fd = libc::memfd_create(name, libc::MFD_CLOEXEC | libc::MFD_EXEC);
             if fd < 0 {
-                return None;
+                fd = libc::memfd_create(name, libc::MFD_CLOEXEC);
+            }
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::ftruncate(fd, size as libc::off_t) != 0 {
+                let e = std::io::Error::last_os_error();
                 libc::close(fd);
-                return None;
+                return Err(e);
             }
             let map = |prot| libc::mmap(std::ptr::null_mut(), size, prot, libc::MAP_SHARED, fd, 0);
             let rw = map(libc::PROT_READ | libc::PROT_WRITE);
             let rx = map(libc::PROT_READ | libc::PROT_EXEC);
-            libc::close(fd);
             if rw == libc::MAP_FAILED || rx == libc::MAP_FAILED {
+                let e = std::io::Error::last_os_error();
                 for m in [rw, rx] {
                     if m != libc::MAP_FAILED {
                         libc::munmap(m, size);
                     }
                 }
-                return None;
+                libc::close(fd);
+                return Err(e);
             }
-            Some(CodeArena {
+            Ok(CodeArena {
+                fd,
                 rw: rw as *mut u8,
                 rx: rx as *const u8,
                 size,
@@ -87,8 +94,21 @@ impl CodeArena {
         }
     }
 
-    /// Forgets all code; only called when no compiled block can run any more.
+    /// Forgets all code and gives its memory back to the host; only called when no
+    /// compiled block can run any more.
     pub(crate) fn reset(&mut self) {
+        if self.used > 0 {
+            // SAFETY: punches a hole in our own memfd; both views then read zeros. Failure
+            // only means the pages stay resident.
+            unsafe {
+                libc::fallocate(
+                    self.fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    self.used as libc::off_t,
+                );
+            }
+        }
         self.used = 0;
     }
 }
@@ -99,6 +119,7 @@ impl Drop for CodeArena {
         unsafe {
             libc::munmap(self.rw as *mut libc::c_void, self.size);
             libc::munmap(self.rx as *mut libc::c_void, self.size);
+            libc::close(self.fd);
         }
     }
 }
@@ -207,8 +228,9 @@ fn supported(op: &Op) -> bool {
 
 type Asm = VecAssembler<X64Relocation>;
 
+/// Offset of x register `i` in the Hart.
 fn r(i: u8) -> i32 {
-    ((i & 63) as i32) * 8
+    X + ((i & 63) as i32) * 8
 }
 
 /// Out-of-line exits, emitted after the block body.
@@ -219,7 +241,7 @@ enum Stub {
     Taken(DynamicLabel, i32, u64),
 }
 
-// Register use: rdi = &x[0], rsi = vpc, r8 = read TLB, r9 = write TLB, r10 = data tag;
+// Register use: rdi = the Hart, rsi = vpc, r8 = read TLB, r9 = write TLB, r10 = data tag;
 // rax, rcx, rdx, r11 are scratch. Nothing is called, so no register needs saving.
 fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
     dynasm!(a

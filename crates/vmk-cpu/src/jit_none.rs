@@ -1,10 +1,10 @@
-//! Hosts other than x86-64 have no block compiler: every block is interpreted.
+//! Hosts other than x86-64 Linux have no block compiler: every block is interpreted.
 
 use crate::decode::Op;
-use crate::TlbEntry;
+use crate::{Hart, TlbEntry};
 
 pub(crate) type JitFn = unsafe extern "C" fn(
-    x: *mut u64,
+    hart: *mut Hart,
     vpc: u64,
     tlb_read: *const TlbEntry,
     tlb_write: *const TlbEntry,
@@ -16,8 +16,8 @@ pub(crate) const HOT_THRESHOLD: u32 = u32::MAX;
 pub(crate) struct CodeArena;
 
 impl CodeArena {
-    pub(crate) fn new() -> Option<CodeArena> {
-        None
+    pub(crate) fn new() -> std::io::Result<CodeArena> {
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 
     pub(crate) fn reset(&mut self) {}

@@ -30,9 +30,9 @@ mod csr;
 mod decode;
 mod exec;
 pub mod fpu;
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod jit;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 #[path = "jit_none.rs"]
 mod jit;
 mod mmu;
@@ -141,7 +141,8 @@ pub struct HartConfig {
     /// Interrupt causes (bit n = cause n) after whose delivery `run` returns
     /// [`Exit::Interrupt`].
     pub exit_on_interrupt: u64,
-    /// Compile hot blocks to host code (x86-64 hosts; elsewhere the interpreter runs all).
+    /// Compile hot blocks to host code (x86-64 Linux hosts; elsewhere the interpreter runs
+    /// all).
     pub jit: bool,
 }
 
@@ -154,7 +155,7 @@ impl Default for HartConfig {
             timebase_hz: 10_000_000,
             time_fn: None,
             exit_on_interrupt: 0,
-            jit: cfg!(target_arch = "x86_64"),
+            jit: cfg!(all(target_arch = "x86_64", target_os = "linux")),
         }
     }
 }
@@ -295,15 +296,19 @@ pub(crate) struct Block {
     /// Executions so far, up to [`jit::HOT_THRESHOLD`]; `u32::MAX` when it will not be
     /// compiled.
     heat: Cell<u32>,
+    /// The [`BlockCache::fence_gen`] at which the guest's code was last seen to still be
+    /// these ops.
+    checked: Cell<u64>,
 }
 
 impl Block {
-    fn new(ops: Vec<Op>, end_off: i64) -> Block {
+    fn new(ops: Vec<Op>, end_off: i64, fence_gen: u64) -> Block {
         Block {
             ops,
             end_off,
             jit: Cell::new(None),
             heat: Cell::new(0),
+            checked: Cell::new(fence_gen),
         }
     }
 }
@@ -330,11 +335,16 @@ struct BlockCache {
     code_pages: HashMap<u64, Vec<u64>>,
     jc: Box<[JcEntry]>,
     jc_gen: u64,
+    /// Bumped by FENCE.I: blocks checked at an older generation are compared with guest
+    /// memory before they run again.
+    fence_gen: u64,
     flush_pending: bool,
     /// Code of compiled blocks; made at the first compile, `None` when the JIT is off.
     code: Option<jit::CodeArena>,
     /// The JIT is on and the code arena could be made (or has not been tried yet).
     jit_enabled: bool,
+    /// Blocks compiled since the hart was made.
+    compiled: u64,
 }
 
 const MAX_BLOCKS: usize = 1 << 17;
@@ -355,9 +365,11 @@ impl BlockCache {
             ]
             .into_boxed_slice(),
             jc_gen: 1,
+            fence_gen: 1,
             flush_pending: false,
             code: None,
             jit_enabled: false,
+            compiled: 0,
         }
     }
 
@@ -370,6 +382,16 @@ impl BlockCache {
         }
         self.invalidate_jc();
         self.flush_pending = false;
+    }
+
+    /// FENCE.I. Stores by this hart to pages with decoded code already dropped those blocks
+    /// (see `protect_code_page`); what is left to catch is code written by other harts or by
+    /// the host (DMA, loaders). Linux fences after every text patch (tens of thousands of
+    /// times while booting), so rather than dropping every block, each block is compared
+    /// with guest memory the next time it is looked up, and only changed pages are dropped.
+    fn fence_i(&mut self) {
+        self.fence_gen += 1;
+        self.invalidate_jc();
     }
 
     fn invalidate_jc(&mut self) {
@@ -573,6 +595,12 @@ impl Hart {
         self.instret
     }
 
+    /// Blocks compiled to host code since the hart was made (0 with the JIT off or
+    /// unavailable).
+    pub fn jit_blocks(&self) -> u64 {
+        self.cache.compiled
+    }
+
     /// Reads a CSR as M-mode software would, without privilege checks (for the hypervisor and
     /// debuggers). `None` for CSRs this hart does not have.
     pub fn csr(&self, csr: u16) -> Option<u64> {
@@ -628,7 +656,7 @@ impl Hart {
                     }
                     BlockErr::Straddle(op) => {
                         // An instruction that crosses a page: run it alone, uncached.
-                        let blk = Block::new(vec![op], op.len as i64);
+                        let blk = Block::new(vec![op], op.len as i64, 0);
                         self.instret += 1;
                         if let Some(x) = self.exec_block(&blk, 0) {
                             return x;
@@ -646,15 +674,14 @@ impl Hart {
                     // SAFETY: the code was compiled for this block and lives in
                     // `self.cache.code` until the flush that also frees the block; it only
                     // touches x, pc, instret and guest RAM reached through the TLBs.
-                    let r = unsafe {
-                        code(
-                            self.x.as_mut_ptr(),
-                            self.pc,
-                            self.tlb.read.as_ptr(),
-                            self.tlb.write.as_ptr(),
-                            self.dtag,
-                        )
-                    };
+                    let (vpc, read, write, dtag) = (
+                        self.pc,
+                        self.tlb.read.as_ptr(),
+                        self.tlb.write.as_ptr(),
+                        self.dtag,
+                    );
+                    let hart: *mut Hart = self;
+                    let r = unsafe { code(hart, vpc, read, write, dtag) };
                     if r == 0 {
                         continue;
                     }
@@ -688,18 +715,29 @@ impl Hart {
     #[cold]
     fn compile(&mut self, blk: &Block) {
         if self.cache.code.is_none() {
-            self.cache.code = jit::CodeArena::new();
-            if self.cache.code.is_none() {
-                // No executable memory on this host: interpret.
-                self.cache.jit_enabled = false;
-                return;
+            match jit::CodeArena::new() {
+                Ok(a) => self.cache.code = Some(a),
+                Err(e) => {
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| {
+                        eprintln!(
+                            "vmk-cpu: no executable memory for the JIT ({e}); vCPUs interpret \
+                             all guest code, several times slower"
+                        )
+                    });
+                    self.cache.jit_enabled = false;
+                    return;
+                }
             }
         }
         let Some(code) = &mut self.cache.code else {
             return;
         };
         match jit::compile(code, &blk.ops, blk.end_off) {
-            Ok(f) => blk.jit.set(Some(f)),
+            Ok(f) => {
+                blk.jit.set(Some(f));
+                self.cache.compiled += 1;
+            }
             Err(jit::NoCode::Unsupported) => blk.heat.set(u32::MAX),
             Err(jit::NoCode::ArenaFull) => {
                 self.cache.flush_pending = true;
@@ -719,7 +757,7 @@ impl Hart {
             self.mip_sw |= self.shared.posted.swap(0, Ordering::SeqCst);
         }
         if att & ATTN_FENCE_I != 0 {
-            self.cache.flush_pending = true;
+            self.cache.fence_i();
         }
         if self.cache.flush_pending || self.cache.arena.len() > MAX_BLOCKS {
             self.cache.flush();
