@@ -1,8 +1,9 @@
-//! Guest MIPS of the vmk interpreter on integer workloads, compared with QEMU TCG.
+//! Guest MIPS of the vmk vCPU on integer workloads, compared with QEMU TCG, and with vmk's
+//! interpreter alone (the JIT off).
 //!
 //! `cargo bench -p vmk-cpu --bench mips` (needs riscv64-unknown-elf-gcc; QEMU optional).
 //! For each program the guest `iterations` variable is set before the start. vmk: median of
-//! 5 runs of guest instructions / wall time. QEMU: wall time at two iteration counts, so its
+//! 5 runs of guest instructions / wall time (the interpreter: 3 shorter runs). QEMU: wall time at two iteration counts, so its
 //! start-up cost cancels out, converted to MIPS with the instruction count vmk measured for
 //! the same work. `VMK_BENCH_SECS` sets the target length of one vmk run (default 1.0).
 
@@ -68,8 +69,21 @@ fn bench(name: &str, target_secs: f64) {
         mips.push(r.instret as f64 / r.elapsed.as_secs_f64() / 1e6);
     }
     let vmk_mips = median(mips);
+    common::set_jit(false);
+    let interp_iterations = (iterations / 4).max(20);
+    let interp_mips = median(
+        (0..3)
+            .map(|_| {
+                let r = vmk_run(name, interp_iterations);
+                r.instret as f64 / r.elapsed.as_secs_f64() / 1e6
+            })
+            .collect(),
+    );
+    common::set_jit(true);
     let mut line = format!(
-        "{name}: vmk {vmk_mips:.1} MIPS (median of {RUNS}, {instret} instructions, {iterations} iterations)"
+        "{name}: vmk {vmk_mips:.1} MIPS (median of {RUNS}, {instret} instructions, {iterations} iterations), \
+         interpreter alone {interp_mips:.1} MIPS (JIT/interpreter = {:.1})",
+        vmk_mips / interp_mips
     );
     if common::qemu_available() {
         // QEMU is much faster and its start-up time varies: grow the larger iteration count

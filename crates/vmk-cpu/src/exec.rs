@@ -17,6 +17,7 @@ impl Hart {
     #[inline(always)]
     pub(crate) fn lookup_block(&mut self) -> Result<*const Block, BlockErr> {
         let pc = self.pc;
+        // Compiled code computes the same tag (JitCtx::jc_tag) and index: keep them in step.
         let tag = (self.cache.jc_gen << 2) | self.prv as u64;
         let idx = ((pc >> 1) as usize) & (JC_SIZE - 1);
         let e = self.cache.jc[idx];

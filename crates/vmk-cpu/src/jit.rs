@@ -4,27 +4,55 @@
 //! allocation), so the state is exact after every op and the interpreter can take over at any
 //! op. Compiled code handles the common integer ops, loads and stores through the software
 //! TLB's fast path, branches and jumps. Everything else (a TLB miss, a page-crossing access,
-//! CSRs, FP, atomics, system ops) returns `i + 1` *before* touching any state of op `i`, and
-//! the interpreter runs the block on from op `i`. A return of 0 means the block ran to its end
+//! CSRs, FP, atomics, system ops) returns `i + 1` *before* touching any state of op `i`, with
+//! the block in `JitCtx::stopped`, and the interpreter runs that block on from op `i`. A return of 0 means the block ran to its end
 //! and the pc is written; taken branches give back their untaken ops to `instret` themselves.
+//!
+//! At its end a block does what the run loop would do next, as long as nothing needs the
+//! run loop (budget left, no attention bits): it looks the new pc up in the jump cache and,
+//! if that block is compiled, counts its ops and jumps to it. So hot code runs from block to
+//! block without returning to Rust.
 //!
 //! Written by hand on dynasm rather than with a compiler back end (Cranelift): blocks are
 //! small, compiled once they are hot, and compile time must be microseconds.
 
 use crate::decode::{Op, K};
-use crate::{Hart, TlbEntry, TLB_SIZE};
+use crate::{Block, Hart, JcEntry, TlbEntry, JC_SIZE, TLB_SIZE};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
+use std::cell::Cell;
 use std::mem::offset_of;
+use std::sync::atomic::AtomicU32;
 
-/// Compiled block: `(hart, vpc, tlb_read, tlb_write, dtag) -> 0 | resume op + 1`.
-pub(crate) type JitFn = unsafe extern "sysv64" fn(
-    hart: *mut Hart,
-    vpc: u64,
-    tlb_read: *const TlbEntry,
-    tlb_write: *const TlbEntry,
-    dtag: u64,
-) -> u64;
+/// Compiled block: `(hart, vpc) -> 0 | resume op + 1`.
+pub(crate) type JitFn = unsafe extern "sysv64" fn(hart: *mut Hart, vpc: u64) -> u64;
+
+/// The hart's pointers that compiled code follows, at fixed offsets in the Hart.
+#[repr(C)]
+pub(crate) struct JitCtx {
+    pub tlb_read: *const TlbEntry,
+    pub tlb_write: *const TlbEntry,
+    pub jc: *const JcEntry,
+    pub attention: *const AtomicU32,
+    /// The jump cache tag of the current privilege and generation, set before each call.
+    pub jc_tag: u64,
+    /// The block whose op the run loop must go on with, when compiled code returns non-zero
+    /// (it may be a later block than the one called).
+    pub stopped: *const Block,
+}
+
+impl Default for JitCtx {
+    fn default() -> Self {
+        JitCtx {
+            tlb_read: std::ptr::null(),
+            tlb_write: std::ptr::null(),
+            jc: std::ptr::null(),
+            attention: std::ptr::null(),
+            jc_tag: 0,
+            stopped: std::ptr::null(),
+        }
+    }
+}
 
 /// Executions of a block before it is compiled: most boot-time code runs a few times only.
 pub(crate) const HOT_THRESHOLD: u32 = 32;
@@ -34,11 +62,29 @@ const ARENA_SIZE: usize = 64 << 20;
 
 const _: () = assert!(std::mem::size_of::<TlbEntry>() == 24);
 const _: () = assert!(offset_of!(TlbEntry, tag) == 0 && offset_of!(TlbEntry, addend) == 8);
+const _: () = assert!(std::mem::size_of::<JcEntry>() == 24);
+const _: () = assert!(
+    offset_of!(JcEntry, pc) == 0 && offset_of!(JcEntry, tag) == 8 && offset_of!(JcEntry, blk) == 16
+);
+// A compiled block's code pointer is read as a plain word: null when there is none.
+const _: () = assert!(std::mem::size_of::<Cell<Option<JitFn>>>() == 8);
 
 /// Offsets in the Hart, which compiled code gets as its base.
 const X: i32 = offset_of!(Hart, x) as i32;
 const PC: i32 = offset_of!(Hart, pc) as i32;
 const INSTRET: i32 = offset_of!(Hart, instret) as i32;
+const BUDGET_END: i32 = offset_of!(Hart, budget_end) as i32;
+const LOCAL_ATTENTION: i32 = offset_of!(Hart, local_attention) as i32;
+const DTAG: i32 = offset_of!(Hart, dtag) as i32;
+const CTX: usize = offset_of!(Hart, jit_ctx);
+const TLB_READ: i32 = (CTX + offset_of!(JitCtx, tlb_read)) as i32;
+const TLB_WRITE: i32 = (CTX + offset_of!(JitCtx, tlb_write)) as i32;
+const JC: i32 = (CTX + offset_of!(JitCtx, jc)) as i32;
+const ATTENTION: i32 = (CTX + offset_of!(JitCtx, attention)) as i32;
+const JC_TAG: i32 = (CTX + offset_of!(JitCtx, jc_tag)) as i32;
+const STOPPED: i32 = (CTX + offset_of!(JitCtx, stopped)) as i32;
+const BLOCK_CODE: i32 = offset_of!(Block, jit) as i32;
+const BLOCK_OPS: i32 = offset_of!(Block, n_ops) as i32;
 
 /// Executable memory with two views of one memfd: code is written through a writable
 /// mapping and run from an executable one, so no page is ever writable and executable.
@@ -133,13 +179,14 @@ pub(crate) enum NoCode {
 }
 
 /// Compiles `ops` (a block whose fall-through end is `end_off` bytes after its start).
-pub(crate) fn compile(arena: &mut CodeArena, ops: &[Op], end_off: i64) -> Result<JitFn, NoCode> {
+pub(crate) fn compile(arena: &mut CodeArena, blk: &Block) -> Result<JitFn, NoCode> {
+    let ops = &blk.ops[..];
     if !supported(&ops[0]) {
         return Err(NoCode::Unsupported);
     }
     let base = arena.rx as usize + arena.used;
     let mut a = VecAssembler::<X64Relocation>::new(base);
-    emit_block(&mut a, ops, end_off);
+    emit_block(&mut a, blk);
     let code = a.finalize().map_err(|_| NoCode::Unsupported)?;
     // Keep entries 16-byte aligned, as compilers do for functions.
     let len = (code.len() + 15) & !15;
@@ -243,13 +290,27 @@ enum Stub {
 
 // Register use: rdi = the Hart, rsi = vpc, r8 = read TLB, r9 = write TLB, r10 = data tag;
 // rax, rcx, rdx, r11 are scratch. Nothing is called, so no register needs saving.
-fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
+fn emit_block(a: &mut Asm, blk: &Block) {
+    let (ops, end_off) = (&blk.ops[..], blk.end_off);
+    // The block is boxed and freed only with its code (BlockCache::flush).
+    let this = blk as *const Block as i64;
+    let stop = |a: &mut Asm, i: usize| {
+        dynasm!(a
+            ; .arch x64
+            ; mov rax, QWORD this
+            ; mov [rdi + STOPPED], rax
+            ; mov eax, (i + 1) as i32
+            ; ret
+        )
+    };
     dynasm!(a
         ; .arch x64
-        ; mov r10, r8
-        ; mov r8, rdx
-        ; mov r9, rcx
+        ; mov r8, [rdi + TLB_READ]
+        ; mov r9, [rdi + TLB_WRITE]
+        ; mov r10, [rdi + DTAG]
     );
+    // Every way out with a new pc in rax.
+    let next_block = a.new_dynamic_label();
     let n = ops.len();
     let mut stubs: Vec<Stub> = Vec::new();
     let resume = |a: &mut Asm, stubs: &mut Vec<Stub>, i: usize| {
@@ -260,7 +321,7 @@ fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
     let mut ended = false;
     for (i, op) in ops.iter().enumerate() {
         if !supported(op) {
-            dynasm!(a ; .arch x64 ; mov eax, (i + 1) as i32 ; ret);
+            stop(a, i);
             ended = true;
             break;
         }
@@ -286,9 +347,7 @@ fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
                     ; lea rax, [rsi + next]
                     ; mov [rdi + rd], rax
                     ; lea rax, [rsi + here + imm]
-                    ; mov [rdi + PC], rax
-                    ; xor eax, eax
-                    ; ret
+                    ; jmp =>next_block
                 );
                 ended = true;
                 break;
@@ -307,9 +366,7 @@ fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
                     ; and rax, -2
                     ; lea rcx, [rsi + next]
                     ; mov [rdi + rd], rcx
-                    ; mov [rdi + PC], rax
-                    ; xor eax, eax
-                    ; ret
+                    ; jmp =>next_block
                 );
                 ended = true;
                 break;
@@ -485,25 +542,68 @@ fn emit_block(a: &mut Asm, ops: &[Op], end_off: i64) {
         dynasm!(a
             ; .arch x64
             ; lea rax, [rsi + end_off as i32]
-            ; mov [rdi + PC], rax
-            ; xor eax, eax
-            ; ret
+            ; jmp =>next_block
         );
     }
     for s in stubs {
         match s {
-            Stub::Resume(l, i) => dynasm!(a ; .arch x64 ; =>l ; mov eax, (i + 1) as i32 ; ret),
+            Stub::Resume(l, i) => {
+                dynasm!(a ; .arch x64 ; =>l);
+                stop(a, i);
+            }
             Stub::Taken(l, disp, untaken) => dynasm!(a
                 ; .arch x64
                 ; =>l
                 ; lea rax, [rsi + disp]
-                ; mov [rdi + PC], rax
                 ; sub QWORD [rdi + INSTRET], untaken as i32
-                ; xor eax, eax
-                ; ret
+                ; jmp =>next_block
             ),
         }
     }
+    emit_next_block(a, next_block);
+}
+
+/// The run loop's fast path: with the new pc in rax, store it; then, unless the budget is
+/// used up or something asks for attention, find the next block in the jump cache (same index
+/// and tag as `Hart::lookup_block`), and if it is compiled, count its ops and jump to it.
+/// Otherwise return 0 to the run loop.
+fn emit_next_block(a: &mut Asm, at: DynamicLabel) {
+    let to_run_loop = a.new_dynamic_label();
+    dynasm!(a
+        ; .arch x64
+        ; =>at
+        ; mov [rdi + PC], rax
+        ; mov rcx, [rdi + INSTRET]
+        ; cmp rcx, [rdi + BUDGET_END]
+        ; jae =>to_run_loop
+        ; cmp BYTE [rdi + LOCAL_ATTENTION], 0
+        ; jne =>to_run_loop
+        ; mov rdx, [rdi + ATTENTION]
+        ; cmp DWORD [rdx], 0
+        ; jne =>to_run_loop
+        ; mov rdx, rax
+        ; shr rdx, 1
+        ; and edx, (JC_SIZE - 1) as i32
+        ; lea rdx, [rdx + rdx * 2]
+        ; mov rcx, [rdi + JC]
+        ; lea rdx, [rcx + rdx * 8]
+        ; cmp rax, [rdx]
+        ; jne =>to_run_loop
+        ; mov rcx, [rdi + JC_TAG]
+        ; cmp rcx, [rdx + 8]
+        ; jne =>to_run_loop
+        ; mov rdx, [rdx + 16]
+        ; mov r11, [rdx + BLOCK_CODE]
+        ; test r11, r11
+        ; jz =>to_run_loop
+        ; mov rcx, [rdx + BLOCK_OPS]
+        ; add [rdi + INSTRET], rcx
+        ; mov rsi, rax
+        ; jmp r11
+        ; =>to_run_loop
+        ; xor eax, eax
+        ; ret
+    );
 }
 
 /// Leaves the host address of `x[rs1] + imm` in rax, or jumps to `miss` when the TLB has no

@@ -1,15 +1,32 @@
 //! Hosts other than x86-64 Linux have no block compiler: every block is interpreted.
 
-use crate::decode::Op;
-use crate::{Hart, TlbEntry};
+use crate::{Block, Hart, JcEntry, TlbEntry};
+use std::sync::atomic::AtomicU32;
 
-pub(crate) type JitFn = unsafe extern "C" fn(
-    hart: *mut Hart,
-    vpc: u64,
-    tlb_read: *const TlbEntry,
-    tlb_write: *const TlbEntry,
-    dtag: u64,
-) -> u64;
+pub(crate) type JitFn = unsafe extern "C" fn(hart: *mut Hart, vpc: u64) -> u64;
+
+#[allow(dead_code)]
+pub(crate) struct JitCtx {
+    pub tlb_read: *const TlbEntry,
+    pub tlb_write: *const TlbEntry,
+    pub jc: *const JcEntry,
+    pub attention: *const AtomicU32,
+    pub jc_tag: u64,
+    pub stopped: *const Block,
+}
+
+impl Default for JitCtx {
+    fn default() -> Self {
+        JitCtx {
+            tlb_read: std::ptr::null(),
+            tlb_write: std::ptr::null(),
+            jc: std::ptr::null(),
+            attention: std::ptr::null(),
+            jc_tag: 0,
+            stopped: std::ptr::null(),
+        }
+    }
+}
 
 pub(crate) const HOT_THRESHOLD: u32 = u32::MAX;
 
@@ -29,6 +46,6 @@ pub(crate) enum NoCode {
     ArenaFull,
 }
 
-pub(crate) fn compile(_: &mut CodeArena, _: &[Op], _: i64) -> Result<JitFn, NoCode> {
+pub(crate) fn compile(_: &mut CodeArena, _: &Block) -> Result<JitFn, NoCode> {
     Err(NoCode::Unsupported)
 }

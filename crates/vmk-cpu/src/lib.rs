@@ -3,7 +3,9 @@
 //!
 //! A [`Hart`] runs guest code over a [`GuestMemory`] until something needs the hypervisor: an
 //! [`Exit`]. Instructions are decoded once into blocks cached by guest physical address
-//! (invalidated by FENCE.I and by stores to cached code pages). Guest virtual addresses are
+//! (dropped by stores to cached code pages, re-checked against memory after FENCE.I); on
+//! x86-64 Linux, blocks that run often are compiled to host code (see `jit.rs` and
+//! [`HartConfig::jit`]). Guest virtual addresses are
 //! translated through a per-vCPU software TLB that caches the combined guest-virtual →
 //! host-pointer translation (the shadow page table); it is flushed by SFENCE.VMA, satp writes,
 //! changes of MPRV/SUM/MXR, and by [`GuestMemory::shootdown`].
@@ -288,6 +290,8 @@ impl Tlb {
 /// transfer, a system op, the page end or a length limit.
 pub(crate) struct Block {
     ops: Vec<Op>,
+    /// `ops.len()`, where compiled code can read it.
+    n_ops: u64,
     /// Offset from the block's start of the instruction after its last op (where execution
     /// continues when no op left the block).
     end_off: i64,
@@ -304,6 +308,7 @@ pub(crate) struct Block {
 impl Block {
     fn new(ops: Vec<Op>, end_off: i64, fence_gen: u64) -> Block {
         Block {
+            n_ops: ops.len() as u64,
             ops,
             end_off,
             jit: Cell::new(None),
@@ -317,6 +322,7 @@ const JC_BITS: u32 = 12;
 const JC_SIZE: usize = 1 << JC_BITS;
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct JcEntry {
     pc: u64,
     tag: u64,
@@ -436,6 +442,8 @@ pub struct Hart {
     tlb: Tlb,
     tlb_gen: u64,
     cache: BlockCache,
+    /// What compiled code reads to reach the TLBs and to go on to the next block itself.
+    jit_ctx: jit::JitCtx,
 
     mem: Arc<GuestMemory>,
     shared: Arc<HartShared>,
@@ -492,6 +500,7 @@ impl Hart {
             tlb: Tlb::new(),
             tlb_gen: 1,
             cache: BlockCache::new(),
+            jit_ctx: jit::JitCtx::default(),
             mem,
             shared: Arc::new(HartShared {
                 signal,
@@ -532,6 +541,16 @@ impl Hart {
             frm: 0,
         };
         h.cache.jit_enabled = h.cfg.jit;
+        // The TLBs, the jump cache and the signal are boxed: these pointers stay valid when
+        // the Hart moves.
+        h.jit_ctx = jit::JitCtx {
+            tlb_read: h.tlb.read.as_ptr(),
+            tlb_write: h.tlb.write.as_ptr(),
+            jc: h.cache.jc.as_ptr(),
+            attention: &h.shared.signal.attention,
+            jc_tag: 0,
+            stopped: std::ptr::null(),
+        };
         h.update_tags();
         h
     }
@@ -669,27 +688,27 @@ impl Hart {
             // BlockCache::flush, which runs in `service` between blocks, never during one.
             let blk = unsafe { &*blk };
             self.instret += blk.ops.len() as u64;
-            let start = match blk.jit.get() {
+            let (blk, start) = match blk.jit.get() {
                 Some(code) => {
                     // SAFETY: the code was compiled for this block and lives in
                     // `self.cache.code` until the flush that also frees the block; it only
                     // touches x, pc, instret and guest RAM reached through the TLBs.
-                    let (vpc, read, write, dtag) = (
-                        self.pc,
-                        self.tlb.read.as_ptr(),
-                        self.tlb.write.as_ptr(),
-                        self.dtag,
-                    );
+                    // Compiled code goes on to the next compiled block through the jump
+                    // cache while this tag is current.
+                    self.jit_ctx.jc_tag = (self.cache.jc_gen << 2) | self.prv as u64;
+                    let vpc = self.pc;
                     let hart: *mut Hart = self;
-                    let r = unsafe { code(hart, vpc, read, write, dtag) };
+                    let r = unsafe { code(hart, vpc) };
                     if r == 0 {
                         continue;
                     }
-                    (r - 1) as usize
+                    // SAFETY: set by the code to a live block (freed only by a flush, which
+                    // runs in `service`), whose entry pc it wrote to self.pc.
+                    (unsafe { &*self.jit_ctx.stopped }, (r - 1) as usize)
                 }
                 None => {
                     self.heat_up(blk);
-                    0
+                    (blk, 0)
                 }
             };
             if let Some(x) = self.exec_block(blk, start) {
@@ -733,7 +752,7 @@ impl Hart {
         let Some(code) = &mut self.cache.code else {
             return;
         };
-        match jit::compile(code, &blk.ops, blk.end_off) {
+        match jit::compile(code, blk) {
             Ok(f) => {
                 blk.jit.set(Some(f));
                 self.cache.compiled += 1;

@@ -153,6 +153,15 @@ impl Program {
     }
 }
 
+/// Set by benchmarks to measure the interpreter alone.
+static NO_JIT: AtomicBool = AtomicBool::new(false);
+
+/// Harts made after this call compile hot code (`true`, the default) or only interpret.
+#[allow(dead_code)]
+pub fn set_jit(on: bool) {
+    NO_JIT.store(!on, Ordering::Relaxed);
+}
+
 pub fn new_memory() -> Arc<GuestMemory> {
     GuestMemory::new(
         &[RamRange {
@@ -235,6 +244,7 @@ impl Machine {
             start_mode: PrivMode::Machine,
             sbi_exits: false,
             time_fn: Some(Arc::new(move || mtime.load(Ordering::SeqCst))),
+            jit: !NO_JIT.load(Ordering::Relaxed),
             ..HartConfig::default()
         };
         let mut hart = Hart::new(self.mem.clone(), cfg);
