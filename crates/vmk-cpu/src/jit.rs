@@ -94,6 +94,9 @@ pub(crate) struct CodeArena {
     rx: *const u8,
     size: usize,
     used: usize,
+    /// Address of the code every block ends with: the run loop's fast path (`emit_next_block`),
+    /// shared at the start of the arena.
+    next_block: usize,
 }
 
 impl CodeArena {
@@ -130,14 +133,45 @@ impl CodeArena {
                 libc::close(fd);
                 return Err(e);
             }
-            Ok(CodeArena {
+            let mut arena = CodeArena {
                 fd,
                 rw: rw as *mut u8,
                 rx: rx as *const u8,
                 size,
                 used: 0,
-            })
+                next_block: 0,
+            };
+            arena.install_next_block()?;
+            Ok(arena)
         }
+    }
+
+    fn install_next_block(&mut self) -> std::io::Result<()> {
+        let mut a = VecAssembler::<X64Relocation>::new(self.rx as usize + self.used);
+        let entry = a.new_dynamic_label();
+        emit_next_block(&mut a, entry);
+        let code = a
+            .finalize()
+            .map_err(|e| std::io::Error::other(format!("assembling the block exit: {e:?}")))?;
+        self.next_block = self.put(&code).ok_or(std::io::ErrorKind::OutOfMemory)?;
+        Ok(())
+    }
+
+    /// Copies `code` (assembled for the next free address) into the arena; returns its
+    /// executable address, or `None` when it does not fit.
+    fn put(&mut self, code: &[u8]) -> Option<usize> {
+        // Entries 16-byte aligned, as compilers do for functions.
+        let len = (code.len() + 15) & !15;
+        if self.used + len > self.size {
+            return None;
+        }
+        // SAFETY: the range is inside the writable view; nothing runs code there yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(code.as_ptr(), self.rw.add(self.used), code.len());
+        }
+        let at = self.rx as usize + self.used;
+        self.used += len;
+        Some(at)
     }
 
     /// Forgets all code and gives its memory back to the host; only called when no
@@ -156,6 +190,8 @@ impl CodeArena {
             }
         }
         self.used = 0;
+        // It fitted in the empty arena before, so it does again.
+        let _ = self.install_next_block();
     }
 }
 
@@ -186,21 +222,12 @@ pub(crate) fn compile(arena: &mut CodeArena, blk: &Block) -> Result<JitFn, NoCod
     }
     let base = arena.rx as usize + arena.used;
     let mut a = VecAssembler::<X64Relocation>::new(base);
-    emit_block(&mut a, blk);
+    emit_block(&mut a, blk, arena.next_block);
     let code = a.finalize().map_err(|_| NoCode::Unsupported)?;
-    // Keep entries 16-byte aligned, as compilers do for functions.
-    let len = (code.len() + 15) & !15;
-    if arena.used + len > arena.size {
-        return Err(NoCode::ArenaFull);
-    }
-    // SAFETY: the range is inside the writable view; nothing runs code there yet.
-    unsafe {
-        std::ptr::copy_nonoverlapping(code.as_ptr(), arena.rw.add(arena.used), code.len());
-    }
-    arena.used += len;
-    // SAFETY: `base` is the executable view of the bytes just written, assembled for that
+    let at = arena.put(&code).ok_or(NoCode::ArenaFull)?;
+    // SAFETY: `at` is the executable view of the bytes just written, assembled for that
     // address, following the sysv64 convention of JitFn.
-    Ok(unsafe { std::mem::transmute::<usize, JitFn>(base) })
+    Ok(unsafe { std::mem::transmute::<usize, JitFn>(at) })
 }
 
 /// Ops the compiler emits code for; the block is compiled up to the first other one.
@@ -290,27 +317,20 @@ enum Stub {
 
 // Register use: rdi = the Hart, rsi = vpc, r8 = read TLB, r9 = write TLB, r10 = data tag;
 // rax, rcx, rdx, r11 are scratch. Nothing is called, so no register needs saving.
-fn emit_block(a: &mut Asm, blk: &Block) {
+fn emit_block(a: &mut Asm, blk: &Block, next_block: usize) {
     let (ops, end_off) = (&blk.ops[..], blk.end_off);
-    // The block is boxed and freed only with its code (BlockCache::flush).
-    let this = blk as *const Block as i64;
-    let stop = |a: &mut Asm, i: usize| {
-        dynasm!(a
-            ; .arch x64
-            ; mov rax, QWORD this
-            ; mov [rdi + STOPPED], rax
-            ; mov eax, (i + 1) as i32
-            ; ret
-        )
-    };
+    // Returning to the interpreter at op i: eax = i + 1, then this tail names the block (boxed,
+    // and freed only with its code by BlockCache::flush).
+    let stopped = a.new_dynamic_label();
+    let stop =
+        |a: &mut Asm, i: usize| dynasm!(a ; .arch x64 ; mov eax, (i + 1) as i32 ; jmp =>stopped);
     dynasm!(a
         ; .arch x64
         ; mov r8, [rdi + TLB_READ]
         ; mov r9, [rdi + TLB_WRITE]
         ; mov r10, [rdi + DTAG]
     );
-    // Every way out with a new pc in rax.
-    let next_block = a.new_dynamic_label();
+    // Every way out with a new pc in rax jumps to the shared `emit_next_block` code.
     let n = ops.len();
     let mut stubs: Vec<Stub> = Vec::new();
     let resume = |a: &mut Asm, stubs: &mut Vec<Stub>, i: usize| {
@@ -347,7 +367,7 @@ fn emit_block(a: &mut Asm, blk: &Block) {
                     ; lea rax, [rsi + next]
                     ; mov [rdi + rd], rax
                     ; lea rax, [rsi + here + imm]
-                    ; jmp =>next_block
+                    ; jmp extern next_block
                 );
                 ended = true;
                 break;
@@ -366,7 +386,7 @@ fn emit_block(a: &mut Asm, blk: &Block) {
                     ; and rax, -2
                     ; lea rcx, [rsi + next]
                     ; mov [rdi + rd], rcx
-                    ; jmp =>next_block
+                    ; jmp extern next_block
                 );
                 ended = true;
                 break;
@@ -542,7 +562,7 @@ fn emit_block(a: &mut Asm, blk: &Block) {
         dynasm!(a
             ; .arch x64
             ; lea rax, [rsi + end_off as i32]
-            ; jmp =>next_block
+            ; jmp extern next_block
         );
     }
     for s in stubs {
@@ -556,11 +576,18 @@ fn emit_block(a: &mut Asm, blk: &Block) {
                 ; =>l
                 ; lea rax, [rsi + disp]
                 ; sub QWORD [rdi + INSTRET], untaken as i32
-                ; jmp =>next_block
+                ; jmp extern next_block
             ),
         }
     }
-    emit_next_block(a, next_block);
+    let this = blk as *const Block as i64;
+    dynasm!(a
+        ; .arch x64
+        ; =>stopped
+        ; mov rcx, QWORD this
+        ; mov [rdi + STOPPED], rcx
+        ; ret
+    );
 }
 
 /// The run loop's fast path: with the new pc in rax, store it; then, unless the budget is
@@ -613,13 +640,15 @@ fn emit_translate(a: &mut Asm, rs1: i32, imm: i32, size: i32, write: bool, miss:
     if imm != 0 {
         dynasm!(a ; .arch x64 ; add rax, imm);
     }
+    // The tag is compared with the page of the access's last byte: an access that crosses
+    // into the next page misses (QEMU's softmmu does the same).
     dynasm!(a
         ; .arch x64
         ; mov rcx, rax
         ; shr rcx, 12
         ; and ecx, (TLB_SIZE - 1) as i32
         ; lea rcx, [rcx + rcx * 2]
-        ; mov rdx, rax
+        ; lea rdx, [rax + size - 1]
         ; and rdx, -4096
         ; or rdx, r10
     );
@@ -629,15 +658,6 @@ fn emit_translate(a: &mut Asm, rs1: i32, imm: i32, size: i32, write: bool, miss:
         dynasm!(a ; .arch x64 ; lea rcx, [r8 + rcx * 8]);
     }
     dynasm!(a ; .arch x64 ; cmp rdx, [rcx] ; jne =>miss);
-    if size > 1 {
-        dynasm!(a
-            ; .arch x64
-            ; mov edx, eax
-            ; and edx, 0xfff
-            ; cmp edx, 0x1000 - size
-            ; ja =>miss
-        );
-    }
     dynasm!(a ; .arch x64 ; add rax, [rcx + 8]);
 }
 
