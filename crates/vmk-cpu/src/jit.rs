@@ -54,9 +54,6 @@ impl Default for JitCtx {
     }
 }
 
-/// Executions of a block before it is compiled: most boot-time code runs a few times only.
-pub(crate) const HOT_THRESHOLD: u32 = 32;
-
 /// Code space per hart. Only the pages written count towards the host's memory.
 const ARENA_SIZE: usize = 64 << 20;
 

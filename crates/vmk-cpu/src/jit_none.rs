@@ -28,8 +28,6 @@ impl Default for JitCtx {
     }
 }
 
-pub(crate) const HOT_THRESHOLD: u32 = u32::MAX;
-
 pub(crate) struct CodeArena;
 
 impl CodeArena {

@@ -146,6 +146,9 @@ pub struct HartConfig {
     /// Compile hot blocks to host code (x86-64 Linux hosts; elsewhere the interpreter runs
     /// all).
     pub jit: bool,
+    /// Executions of a block before it is compiled. Most boot-time code runs a few times
+    /// only: a higher threshold compiles less code (memory) for little speed.
+    pub jit_threshold: u32,
 }
 
 impl Default for HartConfig {
@@ -158,6 +161,7 @@ impl Default for HartConfig {
             time_fn: None,
             exit_on_interrupt: 0,
             jit: cfg!(all(target_arch = "x86_64", target_os = "linux")),
+            jit_threshold: 128,
         }
     }
 }
@@ -171,6 +175,7 @@ impl std::fmt::Debug for HartConfig {
             .field("timebase_hz", &self.timebase_hz)
             .field("exit_on_interrupt", &self.exit_on_interrupt)
             .field("jit", &self.jit)
+            .field("jit_threshold", &self.jit_threshold)
             .finish()
     }
 }
@@ -297,8 +302,8 @@ pub(crate) struct Block {
     end_off: i64,
     /// Host code for the block once it is hot.
     jit: Cell<Option<jit::JitFn>>,
-    /// Executions so far, up to [`jit::HOT_THRESHOLD`]; `u32::MAX` when it will not be
-    /// compiled.
+    /// Executions so far, up to [`HartConfig::jit_threshold`]; `u32::MAX` when it will not
+    /// be compiled.
     heat: Cell<u32>,
     /// The [`BlockCache::fence_gen`] at which the guest's code was last seen to still be
     /// these ops.
@@ -721,7 +726,7 @@ impl Hart {
     #[inline(always)]
     fn heat_up(&mut self, blk: &Block) {
         let heat = blk.heat.get();
-        if heat < jit::HOT_THRESHOLD {
+        if heat < self.cfg.jit_threshold {
             blk.heat.set(heat + 1);
             return;
         }

@@ -26,6 +26,8 @@ use vmk_cpu::{Exit, HartConfig, PrivMode};
 fn hart_config(jit: bool) -> HartConfig {
     HartConfig {
         jit,
+        // The programs count on blocks being compiled after 32 runs.
+        jit_threshold: 32,
         ..HartConfig::default()
     }
 }

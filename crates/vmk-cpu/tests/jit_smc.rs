@@ -18,6 +18,8 @@ const JIT_HOST: bool = cfg!(all(target_arch = "x86_64", target_os = "linux"));
 fn vm(jit: bool) -> Vm {
     Vm::with_config(HartConfig {
         jit,
+        // The programs count on blocks being compiled after 32 runs.
+        jit_threshold: 32,
         ..HartConfig::default()
     })
 }
@@ -120,7 +122,7 @@ fn self_modifying_hot_loop() {
         assert_eq!(iinstret, SMC_ITERS * per_iter + 2 + 1);
         assert_eq!(jinstret, iinstret);
         if JIT_HOST {
-            // The loop block was compiled before the patch (50 > HOT_THRESHOLD) and its new
+            // The loop block was compiled before the patch (50 > the threshold of 32) and its new
             // version again after it (150 more iterations).
             assert!(jblocks >= 2, "only {jblocks} blocks compiled");
         }
@@ -287,7 +289,7 @@ fn fence_i_keeps_compiled_blocks() {
     assert_eq!((ifirst, itotal), (0, 0));
     if JIT_HOST {
         // If FENCE.I dropped the blocks, the inner loop would be compiled again on every one
-        // of the 1000 outer iterations (50 > HOT_THRESHOLD).
+        // of the 1000 outer iterations (50 > the threshold of 32).
         assert!(
             (1..20).contains(&first),
             "{first} blocks compiled for the fenced loop"

@@ -526,6 +526,7 @@ impl Vm {
                     // VMK_JIT=0 runs the interpreter alone (to compare, or to rule the
                     // block compiler out when chasing a guest problem).
                     jit: std::env::var_os("VMK_JIT").is_none_or(|v| v != "0"),
+                    ..HartConfig::default()
                 },
             );
             // The hypervisor is the M-mode firmware: delegate everything it can to S-mode,
