@@ -6,7 +6,7 @@
 //! cache in ~/.cache/vmk).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use vmk_machine::{Console, NicSpec, Vm, VmConfig, VmOutcome};
@@ -69,17 +69,25 @@ impl Capture {
     }
 }
 
+/// Built once per test process: the tests run in parallel, and two builds at once raced
+/// (one truncated the script file while the other packed it, giving a guest with an empty
+/// init script that exited 0 at once).
 fn image() -> (PathBuf, PathBuf) {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join("net-guest-image");
-    let script = tmp.join("net-guest-script.sh");
-    std::fs::write(&script, SCRIPT).unwrap();
-    let mut opts = vmk_image::ImageOptions::new(&dir);
-    opts.init_script = Some(script);
-    opts.apt_output = vmk_image::AptOutput::Quiet;
-    let info = vmk_image::build_image(&opts, &mut |_| {})
-        .expect("building the guest image (needs Debian's mirror or a warm ~/.cache/vmk)");
-    (info.kernel_path, info.initrd_path)
+    static IMAGE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let dir = tmp.join("net-guest-image");
+            let script = tmp.join("net-guest-script.sh");
+            std::fs::write(&script, SCRIPT).unwrap();
+            let mut opts = vmk_image::ImageOptions::new(&dir);
+            opts.init_script = Some(script);
+            opts.apt_output = vmk_image::AptOutput::Quiet;
+            let info = vmk_image::build_image(&opts, &mut |_| {})
+                .expect("building the guest image (needs Debian's mirror or a warm ~/.cache/vmk)");
+            (info.kernel_path, info.initrd_path)
+        })
+        .clone()
 }
 
 struct Guest {
