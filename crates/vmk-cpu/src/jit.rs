@@ -17,42 +17,14 @@
 //! small, compiled once they are hot, and compile time must be microseconds.
 
 use crate::decode::{Op, K};
-use crate::{Block, Hart, JcEntry, TlbEntry, JC_SIZE, TLB_SIZE};
+use crate::{Block, Hart, JcEntry, JitCtx, TlbEntry, JC_SIZE, TLB_SIZE};
 use dynasmrt::x64::X64Relocation;
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi, VecAssembler};
 use std::cell::Cell;
 use std::mem::offset_of;
-use std::sync::atomic::AtomicU32;
 
 /// Compiled block: `(hart, vpc) -> 0 | resume op + 1`.
 pub(crate) type JitFn = unsafe extern "sysv64" fn(hart: *mut Hart, vpc: u64) -> u64;
-
-/// The hart's pointers that compiled code follows, at fixed offsets in the Hart.
-#[repr(C)]
-pub(crate) struct JitCtx {
-    pub tlb_read: *const TlbEntry,
-    pub tlb_write: *const TlbEntry,
-    pub jc: *const JcEntry,
-    pub attention: *const AtomicU32,
-    /// The jump cache tag of the current privilege and generation, set before each call.
-    pub jc_tag: u64,
-    /// The block whose op the run loop must go on with, when compiled code returns non-zero
-    /// (it may be a later block than the one called).
-    pub stopped: *const Block,
-}
-
-impl Default for JitCtx {
-    fn default() -> Self {
-        JitCtx {
-            tlb_read: std::ptr::null(),
-            tlb_write: std::ptr::null(),
-            jc: std::ptr::null(),
-            attention: std::ptr::null(),
-            jc_tag: 0,
-            stopped: std::ptr::null(),
-        }
-    }
-}
 
 /// Code space per hart. Only the pages written count towards the host's memory.
 const ARENA_SIZE: usize = 64 << 20;

@@ -41,7 +41,7 @@ mod mmu;
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -428,6 +428,37 @@ impl BlockCache {
     }
 }
 
+/// The hart's pointers that compiled code (`jit.rs`) follows, at fixed offsets in the Hart.
+#[repr(C)]
+#[cfg_attr(
+    not(all(target_arch = "x86_64", target_os = "linux")),
+    allow(dead_code)
+)]
+pub(crate) struct JitCtx {
+    pub tlb_read: *const TlbEntry,
+    pub tlb_write: *const TlbEntry,
+    pub jc: *const JcEntry,
+    pub attention: *const AtomicU32,
+    /// The jump cache tag of the current privilege and generation, set before each call.
+    pub jc_tag: u64,
+    /// The block whose op the run loop must go on with, when compiled code returns non-zero
+    /// (it may be a later block than the one called).
+    pub stopped: *const Block,
+}
+
+impl Default for JitCtx {
+    fn default() -> Self {
+        JitCtx {
+            tlb_read: std::ptr::null(),
+            tlb_write: std::ptr::null(),
+            jc: std::ptr::null(),
+            attention: std::ptr::null(),
+            jc_tag: 0,
+            stopped: std::ptr::null(),
+        }
+    }
+}
+
 /// One RISC-V hart.
 pub struct Hart {
     // Hot state first.
@@ -448,7 +479,7 @@ pub struct Hart {
     tlb_gen: u64,
     cache: BlockCache,
     /// What compiled code reads to reach the TLBs and to go on to the next block itself.
-    jit_ctx: jit::JitCtx,
+    jit_ctx: JitCtx,
 
     mem: Arc<GuestMemory>,
     shared: Arc<HartShared>,
@@ -505,7 +536,7 @@ impl Hart {
             tlb: Tlb::new(),
             tlb_gen: 1,
             cache: BlockCache::new(),
-            jit_ctx: jit::JitCtx::default(),
+            jit_ctx: JitCtx::default(),
             mem,
             shared: Arc::new(HartShared {
                 signal,
@@ -548,7 +579,7 @@ impl Hart {
         h.cache.jit_enabled = h.cfg.jit;
         // The TLBs, the jump cache and the signal are boxed: these pointers stay valid when
         // the Hart moves.
-        h.jit_ctx = jit::JitCtx {
+        h.jit_ctx = JitCtx {
             tlb_read: h.tlb.read.as_ptr(),
             tlb_write: h.tlb.write.as_ptr(),
             jc: h.cache.jc.as_ptr(),

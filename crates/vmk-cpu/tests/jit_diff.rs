@@ -1259,91 +1259,74 @@ fn seeds(default: u64) -> Vec<u64> {
     (0..n).collect()
 }
 
-#[test]
-fn random_programs_match() {
+/// Runs `n` seeds of the generator (`faults`, `paged`), compares each, prints what ran, and
+/// asserts that the JIT compiled code in at least `min_share_percent` of the programs.
+/// `inspect` sees every run (for extra counts).
+fn run_seeds(
+    what: &str,
+    n: u64,
+    faults: bool,
+    paged: bool,
+    min_share_percent: u64,
+    mut inspect: impl FnMut(&Outcome),
+) -> Stats {
     let start = std::time::Instant::now();
     let mut stats = Stats::default();
-    for seed in seeds(SEEDS) {
-        let (out, blocks) = check(&generate(seed, false));
+    for seed in seeds(n) {
+        let (out, blocks) = check(&generate_in(seed, faults, paged));
         stats.add(out.instret, blocks);
+        inspect(&out);
     }
     eprintln!(
-        "{} programs, {} guest instructions per side, {} blocks compiled (in {} programs), {:?}",
+        "{} {what}, {} guest instructions per side, {} blocks compiled (in {} programs), {:?}",
         stats.programs,
         stats.insns,
         stats.jit_blocks,
         stats.compiled_programs,
         start.elapsed()
     );
+    stats.assert_jit_ran(min_share_percent);
+    stats
+}
+
+#[test]
+fn random_programs_match() {
     // Every program loops ITERS times over its body: the JIT compiles in all of them.
-    stats.assert_jit_ran(100);
+    run_seeds("programs", SEEDS, false, false, 100, |_| {});
 }
 
 #[test]
 fn faulting_programs_match() {
-    let start = std::time::Instant::now();
-    let mut stats = Stats::default();
-    for seed in seeds(FAULT_SEEDS) {
-        let (out, blocks) = check(&generate(seed, true));
-        stats.add(out.instret, blocks);
-    }
-    eprintln!(
-        "{} programs, {} guest instructions per side, {} blocks compiled (in {} programs), {:?}",
-        stats.programs,
-        stats.insns,
-        stats.jit_blocks,
-        stats.compiled_programs,
-        start.elapsed()
-    );
     // Programs that stop at an early fault may end before anything is hot.
-    stats.assert_jit_ran(50);
+    run_seeds("faulting programs", FAULT_SEEDS, true, false, 50, |_| {});
 }
 
 #[test]
 fn paged_programs_match() {
-    let start = std::time::Instant::now();
-    let mut stats = Stats::default();
-    for seed in seeds(PAGED_SEEDS) {
-        let (out, blocks) = check(&generate_in(seed, false, true));
-        stats.add(out.instret, blocks);
-    }
-    eprintln!(
-        "{} paged programs, {} guest instructions per side, {} blocks compiled, {:?}",
-        stats.programs,
-        stats.insns,
-        stats.jit_blocks,
-        start.elapsed()
-    );
-    stats.assert_jit_ran(100);
+    run_seeds("paged programs", PAGED_SEEDS, false, true, 100, |_| {});
 }
 
 #[test]
 fn paged_faulting_programs_match() {
-    let start = std::time::Instant::now();
-    let mut stats = Stats::default();
     // Programs whose last trap was a store page fault on the read-only pages (the store was
     // refused identically with the JIT on and off: `check` compares mcause, mtval, mepc and
     // the data bytes the aliased pages show).
     let mut read_only_stores = 0;
     let ro = RO_VA..RO_VA + RO_PAGES * 0x1000;
-    for seed in seeds(PAGED_FAULT_SEEDS) {
-        let case = generate_in(seed, true, true);
-        let (out, blocks) = check(&case);
-        stats.add(out.instret, blocks);
-        let (mcause, mtval) = (out.csrs[2].1, out.csrs[3].1);
-        if mcause == 15 && ro.contains(&mtval) {
-            read_only_stores += 1;
-        }
-    }
-    eprintln!(
-        "{} paged faulting programs, {} guest instructions per side, {} blocks compiled, \
-         {read_only_stores} ended on a read-only store, {:?}",
-        stats.programs,
-        stats.insns,
-        stats.jit_blocks,
-        start.elapsed()
+    let stats = run_seeds(
+        "paged faulting programs",
+        PAGED_FAULT_SEEDS,
+        true,
+        true,
+        50,
+        |out| {
+            let (mcause, mtval) = (out.csrs[2].1, out.csrs[3].1);
+            if mcause == 15 && ro.contains(&mtval) {
+                read_only_stores += 1;
+            }
+        },
     );
-    stats.assert_jit_ran(50);
+    eprintln!("{read_only_stores} ended on a read-only store");
     if stats.programs >= 20 {
         assert!(
             read_only_stores > 0,
