@@ -13,12 +13,18 @@ const MAX_BLOCK_OPS: usize = 64;
 const NAN_BOX: u64 = 0xffff_ffff_0000_0000;
 
 impl Hart {
+    /// The jump cache tag of the current privilege and generation.
+    #[inline(always)]
+    pub(crate) fn jc_tag(&self) -> u64 {
+        (self.cache.jc_gen << 2) | self.prv as u64
+    }
+
     /// Finds (or decodes) the block at the current pc.
     #[inline(always)]
     pub(crate) fn lookup_block(&mut self) -> Result<*const Block, BlockErr> {
         let pc = self.pc;
-        // Compiled code computes the same tag (JitCtx::jc_tag) and index: keep them in step.
-        let tag = (self.cache.jc_gen << 2) | self.prv as u64;
+        // Compiled code (jit.rs, emit_next_block) computes the same index: keep them in step.
+        let tag = self.jc_tag();
         let idx = ((pc >> 1) as usize) & (JC_SIZE - 1);
         let e = self.cache.jc[idx];
         if e.pc == pc && e.tag == tag {

@@ -726,14 +726,15 @@ impl Hart {
             self.instret += blk.ops.len() as u64;
             let (blk, start) = match blk.jit.get() {
                 Some(code) => {
-                    // SAFETY: the code was compiled for this block and lives in
-                    // `self.cache.code` until the flush that also frees the block; it only
-                    // touches x, pc, instret and guest RAM reached through the TLBs.
                     // Compiled code goes on to the next compiled block through the jump
                     // cache while this tag is current.
-                    self.jit_ctx.jc_tag = (self.cache.jc_gen << 2) | self.prv as u64;
+                    self.jit_ctx.jc_tag = self.jc_tag();
                     let vpc = self.pc;
                     let hart: *mut Hart = self;
+                    // SAFETY: the code was compiled for this block and lives in
+                    // `self.cache.code` until the flush that also frees the block; it touches
+                    // only x, pc, instret, jit_ctx.stopped and guest RAM reached through the
+                    // TLBs, and reads nothing that changes while it runs.
                     let r = unsafe { code(hart, vpc) };
                     if r == 0 {
                         continue;
