@@ -45,6 +45,21 @@ pub enum VmfsError {
         offset: u64,
         problem: String,
     },
+    /// A structure reached through a pointer is not what the pointer's owner says it is,
+    /// although this host holds the lock that keeps every other host from changing it.
+    /// Under a valid lock that cannot come from another host's normal work: it is a bug
+    /// (some host wrote metadata it did not own, or freed a block another could still
+    /// reach), or damage to the volume. Distinct from [`VmfsError::Corrupt`] so it is never
+    /// mistaken for a routine fsck case.
+    #[error("BUG: {what} at offset {offset:#x} is not what it must be ({problem}), although this host holds {lock}, so no other host may change it. This is a bug in vmk (a host changed metadata it did not own, or freed a block another host could still reach) or damage to the volume: please report it with this message; `vmk datastore fsck` tells whether the volume itself is damaged")]
+    Inconsistent {
+        what: &'static str,
+        offset: u64,
+        problem: String,
+        lock: String,
+    },
+    #[error("{what} changed on each of {attempts} lock-free reads (another host is changing it right now); try again")]
+    Changing { what: String, attempts: u32 },
     #[error("{what}: locked {mode} by host {host} since {since}; it is released when host {host} closes it, or taken over once host {host} has been dead (no heartbeat) for the lease timeout")]
     Locked {
         what: String,
@@ -95,5 +110,24 @@ pub(crate) fn corrupt(what: &'static str, offset: u64, problem: impl Into<String
         what,
         offset,
         problem: problem.into(),
+    }
+}
+
+/// What a failed check of a structure means when the reader holds `lock`: a
+/// [`VmfsError::Corrupt`] becomes [`VmfsError::Inconsistent`] (no other host may have
+/// changed it); other errors pass through.
+pub(crate) fn under_lock(e: VmfsError, lock: impl FnOnce() -> String) -> VmfsError {
+    match e {
+        VmfsError::Corrupt {
+            what,
+            offset,
+            problem,
+        } => VmfsError::Inconsistent {
+            what,
+            offset,
+            problem,
+            lock: lock(),
+        },
+        e => e,
     }
 }

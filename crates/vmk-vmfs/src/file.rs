@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{LockMode, Result, VmfsError};
 use crate::format::*;
-use crate::fs::{Inner, PtrCache, Res, Stat};
+use crate::fs::{Inner, PtrCache, Res, Stat, UNLOCKED_READ_ATTEMPTS};
 use crate::paxos::Held;
 
 /// Blocks allocated ahead of a write that extends a file, at least...
@@ -61,13 +61,19 @@ impl VmfsFile {
         held: Option<Held>,
         mode: LockMode,
     ) -> VmfsFile {
+        // Pointer pages read under the file's lock are checked strictly (see `PtrCache`).
+        let cache = if held.is_some() {
+            PtrCache::locked()
+        } else {
+            PtrCache::default()
+        };
         VmfsFile {
             ds,
             path,
             ino,
             held,
             mode,
-            cache: PtrCache::default(),
+            cache,
             dirty_ptrs: BTreeSet::new(),
             dirty_inode: false,
             data_written: false,
@@ -91,7 +97,26 @@ impl VmfsFile {
     }
 
     pub fn stat(&self) -> Result<Stat> {
-        self.ds.stat_of(&self.ino)
+        if self.held.is_some() {
+            return self.ds.stat_of(&self.ino, &mut PtrCache::locked());
+        }
+        let (_, st) = self.ds.read_unlocked(self.ino.inum, |now, cache| {
+            self.check_same_file(now)?;
+            self.ds.stat_of(now, cache)
+        })?;
+        Ok(st)
+    }
+
+    /// Without the lock (a read-only datastore) the file may have been removed, and its
+    /// inode reused, since it was opened.
+    fn check_same_file(&self, now: &Inode) -> Result<()> {
+        if now.kind != Kind::File || now.generation != self.ino.generation {
+            return Err(VmfsError::NotFound(format!(
+                "{} (removed since it was opened)",
+                self.path
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn take_lock(&mut self) -> Option<Held> {
@@ -116,6 +141,30 @@ impl VmfsFile {
 
     /// Reads up to `buf.len()` bytes at `off`; returns how many (0 at or past the end).
     pub fn read_at(&mut self, buf: &mut [u8], off: u64) -> Result<usize> {
+        if self.held.is_some() {
+            return self.read_mapped(buf, off);
+        }
+        // No lock (a read-only datastore): the writer may free and reuse pointer blocks
+        // under us. A pointer page that fails its checks means the file changed: read its
+        // inode again and start over (data blocks carry no owner to check; a read-only
+        // view of a file being written may see some old and some new data).
+        let mut attempt = 0;
+        loop {
+            match self.read_mapped(buf, off) {
+                Err(VmfsError::Corrupt { .. }) if attempt < UNLOCKED_READ_ATTEMPTS => {
+                    attempt += 1;
+                    let now = self.ds.vol.read_inode(self.ino.inum)?;
+                    self.check_same_file(&now)?;
+                    self.ino = now;
+                    self.cache.clear();
+                    std::thread::sleep(std::time::Duration::from_millis(attempt.min(10) as u64));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn read_mapped(&mut self, buf: &mut [u8], off: u64) -> Result<usize> {
         if off >= self.ino.size {
             return Ok(0);
         }

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::device::{BlockDevice, Dev};
-use crate::error::{corrupt, LockMode, Result, VmfsError};
+use crate::error::{corrupt, under_lock, LockMode, Result, VmfsError};
 use crate::file::{FileOptions, VmfsFile};
 use crate::format::*;
 use crate::lease::{self, Heartbeat, HostState, Liveness};
 use crate::paxos::{Held, Locks};
 use crate::volume::{Fence, Txn, Volume};
+
+/// How often a lock-free read is tried before a change that never settles, or a check that
+/// keeps failing, is reported (pauses grow from 1 to 10 ms: about 0.15 s in all).
+pub(crate) const UNLOCKED_READ_ATTEMPTS: u32 = 20;
 
 /// Parameters of a new volume.
 #[derive(Clone, Debug)]
@@ -437,29 +441,49 @@ impl Datastore {
         Ok(u)
     }
 
+    /// Size and allocation of `path`, read without its lock (another host may be changing
+    /// it: the answer is one consistent snapshot).
     pub fn stat(&self, path: &str) -> Result<Stat> {
         let ino = self.inner.resolve(path)?;
-        self.inner.stat_of(&ino)
+        let (_, st) = self.inner.read_unlocked(ino.inum, |now, cache| {
+            if now.kind == Kind::Free || now.generation != ino.generation {
+                return Err(VmfsError::NotFound(path.to_string()));
+            }
+            self.inner.stat_of(now, cache)
+        })?;
+        Ok(st)
     }
 
+    /// The entries of a directory with their stat, read without locks.
     pub fn list(&self, path: &str) -> Result<Vec<DirListing>> {
-        let dir = self.inner.resolve(path)?;
+        let inner = &self.inner;
+        let dir = inner.resolve(path)?;
         if dir.kind != Kind::Dir {
             return Err(VmfsError::NotADirectory(path.to_string()));
         }
-        let mut v = Vec::new();
-        for (_, _, e) in self.inner.read_dir(&dir)? {
-            // An entry whose inode is being created or deleted right now is skipped.
-            let Ok(ino) = self.inner.vol.read_inode(e.inum) else {
-                continue;
-            };
-            if ino.kind == Kind::Free || ino.generation != e.generation {
-                continue;
+        let (_, entries) = inner.read_unlocked(dir.inum, |now, cache| {
+            if now.kind != Kind::Dir || now.generation != dir.generation {
+                return Err(VmfsError::NotFound(path.to_string()));
             }
-            v.push(DirListing {
-                name: e.name,
-                stat: self.inner.stat_of(&ino)?,
+            inner.read_dir(now, cache)
+        })?;
+        let mut v = Vec::new();
+        for (_, _, e) in entries {
+            let st = inner.read_unlocked(e.inum, |ino, cache| {
+                if ino.kind == Kind::Free || ino.generation != e.generation {
+                    return Ok(None);
+                }
+                inner.stat_of(ino, cache).map(Some)
             });
+            match st {
+                Ok((_, Some(stat))) => v.push(DirListing { name: e.name, stat }),
+                // Deleted (and maybe reused) since the directory was read.
+                Ok((_, None)) => {}
+                // An inode that never reads back whole is skipped, as it always was; fsck
+                // reports it.
+                Err(VmfsError::Corrupt { what: "inode", .. }) => {}
+                Err(err) => return Err(err),
+            }
         }
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
@@ -944,6 +968,57 @@ impl Inner {
         self.vol.commit(host.id, *seq, txn)
     }
 
+    /// Reads what hangs off inode `inum` without its lock: runs `f` on a snapshot of the
+    /// inode and keeps the result only if the inode still reads the same afterwards.
+    ///
+    /// Why: a lock-free reader (lookups, listings, stat, a read-only datastore) follows the
+    /// inode's pointers while the owner may free what they point to, and another host may
+    /// reuse it at once (a freed pointer block becomes a small file's data). Freeing always
+    /// changes the owner's inode in the same transaction, and nobody can reuse the block
+    /// before that transaction is in place (the cluster lock is held until then), so an
+    /// inode that reads the same before and after means the pages read in between were the
+    /// inode's. A page that fails its checks, or an inode that changed, means "read again";
+    /// only a check that keeps failing under an unchanged inode is reported (`Corrupt`).
+    pub fn read_unlocked<T>(
+        &self,
+        inum: u32,
+        mut f: impl FnMut(&Inode, &mut PtrCache) -> Result<T>,
+    ) -> Result<(Inode, T)> {
+        let mut last = None;
+        for attempt in 0..UNLOCKED_READ_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(attempt.min(10) as u64));
+            }
+            let before = match self.vol.read_inode(inum) {
+                Ok(i) => i,
+                Err(e @ VmfsError::Corrupt { .. }) => {
+                    // Torn by a concurrent rewrite, or damaged: read again.
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let r = f(&before, &mut PtrCache::default());
+            let after = self.vol.read_inode(inum);
+            match (r, after) {
+                (Err(e @ VmfsError::Corrupt { .. }), _) => last = Some(e),
+                (_, Err(e @ VmfsError::Corrupt { .. })) => last = Some(e),
+                (_, Err(e)) => return Err(e),
+                (r, Ok(after)) if after == before => return r.map(|v| (before, v)),
+                (_, Ok(_)) => {
+                    last = Some(VmfsError::Changing {
+                        what: format!("inode {inum}"),
+                        attempts: UNLOCKED_READ_ATTEMPTS,
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(VmfsError::Changing {
+            what: format!("inode {inum}"),
+            attempts: UNLOCKED_READ_ATTEMPTS,
+        }))
+    }
+
     /// Where byte `off` of `ino`'s data is: `(device offset, unwritten)`; `None` for a hole.
     pub fn map(&self, ino: &Inode, off: u64, cache: &mut PtrCache) -> Result<Option<(u64, bool)>> {
         let g = &self.vol.geo;
@@ -996,7 +1071,13 @@ impl Inner {
                     comps[..i].join("/")
                 )));
             }
-            let Some((_, _, e)) = self.find(&cur, c)? else {
+            let (_, found) = self.read_unlocked(cur.inum, |dir, cache| {
+                if dir.kind != Kind::Dir || dir.generation != cur.generation {
+                    return Err(VmfsError::NotFound(path.to_string()));
+                }
+                self.find(dir, c, cache)
+            })?;
+            let Some((_, _, e)) = found else {
                 return Err(VmfsError::NotFound(path.to_string()));
             };
             let next = self.vol.read_inode(e.inum)?;
@@ -1023,18 +1104,25 @@ impl Inner {
     pub fn read_dir_page(&self, dir: &Inode, p: u32, cache: &mut PtrCache) -> Result<DirPage> {
         match self.dir_page_offset(dir, p, cache)? {
             None => Ok(DirPage::empty(dir.inum, dir.generation, p)),
-            Some(off) => self.vol.read_decode(off, PAGE, |b| {
-                DirPage::decode(b, &self.vol.geo, off, dir.inum, dir.generation, p)
-            }),
+            Some(off) => self
+                .vol
+                .read_decode(off, PAGE, |b| {
+                    DirPage::decode(b, &self.vol.geo, off, dir.inum, dir.generation, p)
+                })
+                .map_err(|e| cache.checked(e, dir)),
         }
     }
 
-    /// Every entry: (page, slot, entry).
-    pub fn read_dir(&self, dir: &Inode) -> Result<Vec<(u32, usize, DirEntry)>> {
-        let mut cache = PtrCache::default();
+    /// Every entry: (page, slot, entry). `cache` says whether the caller holds the
+    /// directory's lock (see [`PtrCache::locked`]).
+    pub fn read_dir(
+        &self,
+        dir: &Inode,
+        cache: &mut PtrCache,
+    ) -> Result<Vec<(u32, usize, DirEntry)>> {
         let mut v = Vec::new();
         for p in 0..(dir.size / PAGE as u64) as u32 {
-            let page = self.read_dir_page(dir, p, &mut cache)?;
+            let page = self.read_dir_page(dir, p, cache)?;
             for (i, e) in page.entries.into_iter().enumerate() {
                 if let Some(e) = e {
                     v.push((p, i, e));
@@ -1044,14 +1132,21 @@ impl Inner {
         Ok(v)
     }
 
-    pub fn find(&self, dir: &Inode, name: &str) -> Result<Option<(u32, usize, DirEntry)>> {
+    pub fn find(
+        &self,
+        dir: &Inode,
+        name: &str,
+        cache: &mut PtrCache,
+    ) -> Result<Option<(u32, usize, DirEntry)>> {
         Ok(self
-            .read_dir(dir)?
+            .read_dir(dir, cache)?
             .into_iter()
             .find(|(_, _, e)| e.name == name))
     }
 
-    pub fn stat_of(&self, ino: &Inode) -> Result<Stat> {
+    /// `cache` says whether the caller holds the inode's lock; without it, call this
+    /// inside [`Inner::read_unlocked`].
+    pub fn stat_of(&self, ino: &Inode, cache: &mut PtrCache) -> Result<Stat> {
         let g = &self.vol.geo;
         let allocated = match ino.mode {
             AddrMode::Small => {
@@ -1062,7 +1157,6 @@ impl Inner {
                 }
             }
             AddrMode::Blocks => {
-                let mut cache = PtrCache::default();
                 let mut n = 0u64;
                 let nfb = ino.size.div_ceil(g.block_size);
                 let mut fb = 0;
@@ -1075,7 +1169,7 @@ impl Inner {
                         fb = (pb as u64 + 1) * PTRS_PER_PB;
                         continue;
                     }
-                    if self.ptr_entry(ino, fb, &mut cache)?.is_some() {
+                    if self.ptr_entry(ino, fb, cache)?.is_some() {
                         n += 1;
                     }
                     fb += 1;
@@ -1121,7 +1215,7 @@ impl Inner {
             if dir.kind != Kind::Dir || dir.generation != pdir.generation {
                 return Err(VmfsError::NotFound(ppath.clone()));
             }
-            if self.find(&dir, &name)?.is_some() {
+            if self.find(&dir, &name, &mut PtrCache::locked())?.is_some() {
                 return Err(VmfsError::AlreadyExists(path.to_string()));
             }
             let hint = Some(self.vol.geo.inode_cluster(dir.inum));
@@ -1176,7 +1270,7 @@ impl Inner {
 
     /// Adds an entry to `dir` (whose lock the op holds), growing it if full.
     fn dir_add(&self, op: &mut Op, dir: &mut Inode, e: DirEntry) -> Result<()> {
-        let mut cache = PtrCache::default();
+        let mut cache = PtrCache::locked();
         let npages = (dir.size / PAGE as u64) as u32;
         for p in 0..npages {
             let mut page = self.read_dir_page(dir, p, &mut cache)?;
@@ -1297,7 +1391,8 @@ impl Inner {
             if dir.kind != Kind::Dir || dir.generation != pdir.generation {
                 return Err(VmfsError::NotFound(ppath.clone()));
             }
-            let Some((p, slot, e)) = self.find(&dir, &name)? else {
+            let mut cache = PtrCache::locked();
+            let Some((p, slot, e)) = self.find(&dir, &name, &mut cache)? else {
                 return Err(VmfsError::NotFound(path.to_string()));
             };
             if e.inum != inum || e.generation != gen {
@@ -1309,13 +1404,12 @@ impl Inner {
             }
             if ino.kind == Kind::Dir {
                 op.lock(LockId::Inode(inum), path, false)?;
-                if !self.read_dir(&ino)?.is_empty() {
+                if !self.read_dir(&ino, &mut PtrCache::locked())?.is_empty() {
                     return Err(VmfsError::DirectoryNotEmpty(path.to_string()));
                 }
             }
             // Storage left: a small file's sub-block, a directory's pages, pointer blocks.
             self.free_all(op, &ino)?;
-            let mut cache = PtrCache::default();
             let mut page = self.read_dir_page(&dir, p, &mut cache)?;
             page.entries[slot] = None;
             let off = self.dir_page_offset(&dir, p, &mut cache)?.ok_or_else(|| {
@@ -1345,7 +1439,7 @@ impl Inner {
                 }
             }
             AddrMode::Blocks => {
-                let mut cache = PtrCache::default();
+                let mut cache = PtrCache::locked();
                 for pb in 0..INODE_ADDRS {
                     if ino.addrs[pb] == 0 {
                         continue;
@@ -1366,13 +1460,34 @@ impl Inner {
     }
 }
 
-/// Pointer pages read for one inode.
+/// Pointer pages read for one inode, and whether the reader holds that inode's lock.
+///
+/// Every page reached through an inode is checked to be what the inode says (magic,
+/// owner inode and generation, and which file block or directory page it is: see
+/// `docs/vmfs-format.md`, "Following pointers"). What a failed check means depends on the
+/// lock: without it the owner may have freed and reused the block since the inode was
+/// read, and the caller reads again ([`Inner::read_unlocked`]); with it nobody else may
+/// have changed anything, so it is reported as a bug ([`VmfsError::Inconsistent`]).
 #[derive(Default)]
 pub(crate) struct PtrCache {
     pages: std::collections::HashMap<(usize, usize), PointerPage>,
+    locked: bool,
 }
 
 impl PtrCache {
+    /// A cache for a reader that holds the inode's lock.
+    pub fn locked() -> PtrCache {
+        PtrCache {
+            locked: true,
+            ..Default::default()
+        }
+    }
+
+    /// What a failed check of a structure reached from `ino` means for this reader.
+    pub fn checked(&self, e: VmfsError, ino: &Inode) -> VmfsError {
+        checked(self.locked, e, ino)
+    }
+
     pub fn page(
         &mut self,
         inner: &Inner,
@@ -1380,10 +1495,15 @@ impl PtrCache {
         pb: usize,
         pg: usize,
     ) -> Result<&PointerPage> {
+        let locked = self.locked;
         match self.pages.entry((pb, pg)) {
             std::collections::hash_map::Entry::Occupied(o) => Ok(o.into_mut()),
             std::collections::hash_map::Entry::Vacant(v) => {
-                Ok(v.insert(inner.vol.read_ptr_page(ino, pb, pg)?))
+                let p = inner
+                    .vol
+                    .read_ptr_page(ino, pb, pg)
+                    .map_err(|e| checked(locked, e, ino))?;
+                Ok(v.insert(p))
             }
         }
     }
@@ -1398,6 +1518,19 @@ impl PtrCache {
     }
     pub fn iter(&self) -> impl Iterator<Item = (&(usize, usize), &PointerPage)> {
         self.pages.iter()
+    }
+}
+
+fn checked(locked: bool, e: VmfsError, ino: &Inode) -> VmfsError {
+    if locked {
+        under_lock(e, || {
+            format!(
+                "the lock of inode {} (generation {})",
+                ino.inum, ino.generation
+            )
+        })
+    } else {
+        e
     }
 }
 

@@ -41,4 +41,6 @@ pub use nbd::NbdDevice;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod race_tests;
+#[cfg(test)]
 mod tests;

@@ -2,6 +2,9 @@
 //! `tests/multihost.rs` start many). Not a user tool; `vmk datastore` is.
 //!
 //!     vmfs-test-host stress VOLUME HOST SECONDS SEED MANIFEST
+//!         (MANIFEST: a line `NAME LEN CRC32C` per file the host owns at the end, also when
+//!         it fails; the file of an operation that failed half-way is `NAME ?`: it may or
+//!         may not exist, with any contents)
 //!     vmfs-test-host writer VOLUME HOST PATH          (writes until killed; "ready" on stdout)
 //!     vmfs-test-host race VOLUME HOST ROUNDS START_MS PERIOD_MS
 //!
@@ -74,6 +77,8 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
     let start = Instant::now();
     let mut ops = [0u64; 7];
     let mut locked = 0u64;
+    // The file an operation is changing, for the manifest if it fails half-way.
+    let mut in_flight: Option<String> = None;
     while start.elapsed() < Duration::from_secs(secs) {
         let op = rng.below(100);
         let names: Vec<String> = model.keys().cloned().collect();
@@ -85,6 +90,7 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
                 }
                 let name = format!("/stress/h{host}-{next_id}");
                 next_id += 1;
+                in_flight = Some(name.clone());
                 let mut f = ds.create_file(&name, &FileOptions::default())?;
                 let len = rng.below(100_000) as usize;
                 let data = fill(&mut rng, len);
@@ -107,6 +113,7 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
                     return Ok(());
                 }
                 let data = fill(&mut rng, len);
+                in_flight = Some(name.clone());
                 let mut f = ds.open_file(&name, LockMode::Exclusive)?;
                 f.write_at(&data, m.len() as u64)?;
                 f.close()?;
@@ -124,6 +131,7 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
                     return Ok(());
                 }
                 let data = fill(&mut rng, len);
+                in_flight = Some(name.clone());
                 let mut f = ds.open_file(&name, LockMode::Exclusive)?;
                 f.write_at(&data, off as u64)?;
                 if rng.below(3) == 0 {
@@ -159,6 +167,7 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
                 };
                 let m = model.get_mut(&name).expect("picked");
                 let n = rng.below(m.len() as u64 + 1) as usize;
+                in_flight = Some(name.clone());
                 let mut f = ds.open_file(&name, LockMode::Exclusive)?;
                 f.set_len(n as u64)?;
                 f.close()?;
@@ -168,6 +177,7 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
                 let Some(name) = pick(&mut rng) else {
                     return Ok(());
                 };
+                in_flight = Some(name.clone());
                 ds.remove(&name)?;
                 model.remove(&name);
                 ops[5] += 1;
@@ -193,25 +203,45 @@ fn stress(spec: &str, host: u32, secs: u64, seed: u64, manifest: &str) -> Result
         })();
         match r {
             Ok(()) => {}
-            // Another host reading our file right now.
+            // Another host reading our file right now (it refused before changing anything).
             Err(VmfsError::Locked { .. }) => locked += 1,
-            Err(e) => return Err(format!("host {host}: {e}")),
+            Err(e) => {
+                // The test checks the volume against the manifests after a failure too, to
+                // tell a damaged volume from one host's wrong view of it.
+                if let Some(name) = &in_flight {
+                    model.remove(name);
+                }
+                write_manifest(manifest, &model, in_flight.as_deref())?;
+                return Err(format!("host {host}: {e}"));
+            }
         }
+        in_flight = None;
     }
+    write_manifest(manifest, &model, None)?;
+    ds.unmount().map_err(|e| format!("unmount: {e}"))?;
+    Ok(format!(
+        "host {host}: create {} extend {} write {} verify {} truncate {} delete {} cross-read {} (busy {locked})",
+        ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6]
+    ))
+}
+
+fn write_manifest(
+    path: &str,
+    model: &BTreeMap<String, Vec<u8>>,
+    uncertain: Option<&str>,
+) -> Result<(), String> {
     let mut out = String::new();
-    for (name, data) in &model {
+    for (name, data) in model {
         out.push_str(&format!(
             "{name} {} {:08x}\n",
             data.len(),
             crc32c::crc32c(data)
         ));
     }
-    std::fs::write(manifest, &out).map_err(|e| format!("{manifest}: {e}"))?;
-    ds.unmount().map_err(|e| format!("unmount: {e}"))?;
-    Ok(format!(
-        "host {host}: create {} extend {} write {} verify {} truncate {} delete {} cross-read {} (busy {locked})",
-        ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6]
-    ))
+    if let Some(name) = uncertain {
+        out.push_str(&format!("{name} ?\n"));
+    }
+    std::fs::write(path, &out).map_err(|e| format!("{path}: {e}"))
 }
 
 fn writer(spec: &str, host: u32, path: &str) -> Result<String, String> {
