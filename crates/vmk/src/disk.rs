@@ -209,8 +209,15 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
                 None => Vmdk::check(&path, repair)?,
             };
             unmount(st)?;
-            println!("{report}");
-            if report.unrepaired().next().is_some() {
+            print!("{report}");
+            if !repair && report.unrepaired().any(|f| f.notice) {
+                println!(
+                    "run `vmk disk check --repair` to clear the flag (with no VM using the disk)"
+                );
+            }
+            // Notices (uncleanShutdown on consistent tables) are not problems: qemu-img
+            // check calls such a disk clean too.
+            if report.problems().next().is_some() {
                 return Err(format!(
                     "{} has problems{}",
                     path.display(),

@@ -1,0 +1,104 @@
+//! `vmk disk info|convert|check` through the binary, on real files (no guest): the info
+//! table and its JSON, the target format convert infers from the output's name, and the
+//! uncleanShutdown flag alone reported as a notice (exit 0), as `qemu-img check` does.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use vmk_vmdk::{CreateOptions, Subformat, Vmdk};
+
+const MIB: u64 = 1 << 20;
+
+fn vmk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmk"))
+        .args(args)
+        .output()
+        .expect("run vmk")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = vmk(args);
+    assert!(
+        out.status.success(),
+        "vmk {args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a failing command; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = vmk(args);
+    assert_eq!(out.status.code(), Some(1), "vmk {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Runs qemu-img when it is installed: `None` without it.
+fn qemu_img(args: &[&str]) -> Option<Output> {
+    Command::new("qemu-img").args(args).output().ok()
+}
+
+/// A 96 MiB monolithicSparse disk with three grains of data at 1 MiB.
+fn sparse_disk(path: &Path) -> Vec<u8> {
+    let data: Vec<u8> = (0..3 * 65536u32).map(|i| (i % 253) as u8 + 1).collect();
+    let mut d = Vmdk::create(
+        path,
+        &CreateOptions::new(96 * MIB, Subformat::MonolithicSparse),
+    )
+    .unwrap();
+    d.write_at(MIB, &data).unwrap();
+    d.close().unwrap();
+    data
+}
+
+#[test]
+fn unclean_shutdown_alone_is_a_notice() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("d.vmdk");
+    sparse_disk(&disk);
+    // What a host crash leaves when the tables were consistent: the flag, nothing else.
+    let set_flag = |p: &Path| {
+        let mut b = std::fs::read(p).unwrap();
+        b[72] = 1;
+        std::fs::write(p, &b).unwrap();
+    };
+    set_flag(&disk);
+    let out = ok(&["disk", "check", s(&disk)]);
+    assert!(
+        out.contains("notice: uncleanShutdown is set")
+            && out.contains("no problems found")
+            && out.contains("vmk disk check --repair"),
+        "{out}"
+    );
+    if let Some(q) = qemu_img(&["check", "-f", "vmdk", s(&disk)]) {
+        assert!(
+            q.status.success(),
+            "qemu-img check: {}",
+            String::from_utf8_lossy(&q.stdout)
+        );
+    }
+    // With a leaked grain too, the disk has problems.
+    let mut b = std::fs::read(&disk).unwrap();
+    b.extend_from_slice(&[9u8; 65536]);
+    std::fs::write(&disk, &b).unwrap();
+    let e = fails(&["disk", "check", s(&disk)]);
+    assert!(
+        e.contains("has problems; run `vmk disk check --repair`"),
+        "{e}"
+    );
+    let out = ok(&["disk", "check", "--repair", s(&disk)]);
+    assert!(out.contains("[repaired]"), "{out}");
+    assert_eq!(
+        std::fs::read(&disk).unwrap()[72],
+        0,
+        "repair clears the flag"
+    );
+    let out = ok(&["disk", "check", s(&disk)]);
+    assert_eq!(out, "no problems found\n");
+}
