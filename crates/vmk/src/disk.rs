@@ -34,6 +34,10 @@ pub enum DiskCommand {
         ds: DsArgs,
     },
     /// Copy a disk to another format (VMDK subformats or raw), skipping unallocated space.
+    ///
+    /// Without --type the target format comes from DST's extension, as with qemu-img:
+    /// .raw and .img make a raw image, .vmdk a monolithicSparse VMDK; any other name
+    /// needs --type.
     Convert(ConvertArgs),
     /// Grow a VMDK to a new size.
     Grow {
@@ -143,9 +147,42 @@ fn unmount(st: Option<DatastoreStorage>) -> Result<(), CmdError> {
 pub struct ConvertArgs {
     pub src: PathBuf,
     pub dst: PathBuf,
-    /// Target VMDK subformat; `raw` for a plain image file.
-    #[arg(long = "type", default_value = "monolithicSparse")]
-    pub target: String,
+    /// Target VMDK subformat, or `raw` for a plain image file (default: from DST's
+    /// extension, .raw/.img: raw, .vmdk: monolithicSparse).
+    #[arg(long = "type")]
+    pub target: Option<String>,
+}
+
+/// What `convert` writes: `--type` when given, else what DST's extension says. A VMDK
+/// written into `out.raw` (the old default) surprised qemu-img users, so an extension that
+/// says nothing is refused rather than guessed.
+fn convert_target(dst: &Path, ty: Option<&str>) -> Result<Target, CmdError> {
+    let ty = match ty {
+        Some(t) => t.to_string(),
+        None => {
+            let ext = dst
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            match ext.as_deref() {
+                Some("raw" | "img") => "raw".into(),
+                Some("vmdk") => Subformat::MonolithicSparse.as_str().into(),
+                _ => {
+                    return Err(format!(
+                        "cannot tell the target format from the name {}: give --type raw or \
+                         --type monolithicSparse (or another VMDK subformat), or name the \
+                         output .raw, .img or .vmdk",
+                        dst.display()
+                    )
+                    .into())
+                }
+            }
+        }
+    };
+    Ok(if ty.eq_ignore_ascii_case("raw") {
+        Target::Raw
+    } else {
+        Target::Vmdk(CreateOptions::new(0, parse_subformat(&ty)?))
+    })
 }
 
 fn parse_subformat(s: &str) -> Result<Subformat, String> {
@@ -231,11 +268,7 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
             }
         }
         DiskCommand::Convert(a) => {
-            let target = if a.target.eq_ignore_ascii_case("raw") {
-                Target::Raw
-            } else {
-                Target::Vmdk(CreateOptions::new(0, parse_subformat(&a.target)?))
-            };
+            let target = convert_target(&a.dst, a.target.as_deref())?;
             let start = Instant::now();
             let mut last = Instant::now();
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vmk_vmdk::{CreateOptions, Subformat, Vmdk};
+use vmk_vmdk::{CreateOptions, OpenMode, Subformat, Vmdk};
 
 const MIB: u64 = 1 << 20;
 
@@ -55,6 +55,55 @@ fn sparse_disk(path: &Path) -> Vec<u8> {
     d.write_at(MIB, &data).unwrap();
     d.close().unwrap();
     data
+}
+
+#[test]
+fn convert_takes_the_format_from_the_output_name() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src.vmdk");
+    let data = sparse_disk(&src);
+    let is_vmdk = |p: &Path| std::fs::read(p).unwrap().starts_with(b"KDMV");
+    for name in ["out.raw", "out.img", "OUT.RAW"] {
+        let out = t.path().join(name);
+        ok(&["disk", "convert", s(&src), s(&out)]);
+        let b = std::fs::read(&out).unwrap();
+        assert_eq!(b.len() as u64, 96 * MIB, "{name} is a raw image");
+        assert!(b[MIB as usize..][..data.len()] == data[..], "{name}");
+    }
+    let out = t.path().join("out.vmdk");
+    ok(&["disk", "convert", s(&src), s(&out)]);
+    assert!(is_vmdk(&out));
+    assert_eq!(
+        Vmdk::open(&out, OpenMode::ReadOnly)
+            .unwrap()
+            .info()
+            .subformat,
+        Subformat::MonolithicSparse
+    );
+    // An explicit --type wins over the name.
+    let out = t.path().join("really-a-vmdk.raw");
+    ok(&[
+        "disk",
+        "convert",
+        "--type",
+        "monolithicSparse",
+        s(&src),
+        s(&out),
+    ]);
+    assert!(is_vmdk(&out));
+    let out = t.path().join("flat.vmdk");
+    ok(&["disk", "convert", "--type", "raw", s(&src), s(&out)]);
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 96 * MIB);
+    // A name that says nothing is refused, and nothing is written.
+    for name in ["out.qcow2", "out"] {
+        let out = t.path().join(name);
+        let e = fails(&["disk", "convert", s(&src), s(&out)]);
+        assert!(
+            e.contains("cannot tell the target format") && e.contains("--type raw"),
+            "{e}"
+        );
+        assert!(!out.exists(), "{name} was written");
+    }
 }
 
 #[test]
