@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use vmk_machine::datastore::{DatastoreStorage, DsPath};
-use vmk_vmdk::{convert, CreateOptions, OpenMode, Subformat, Target, Vmdk};
+use vmk_vmdk::descriptor::NO_PARENT;
+use vmk_vmdk::{convert, CreateOptions, ExtentKind, OpenMode, Subformat, Target, Vmdk, VmdkInfo};
 use vmk_vmfs::{Datastore, MountOptions};
 
+use crate::datastore::human;
 use crate::CmdError;
 use vmk_host::model::parse_size;
 
@@ -19,8 +21,19 @@ pub enum DiskCommand {
     /// --datastore-device).
     Create(CreateArgs),
     /// Show a disk's format, size, extents and allocation.
+    ///
+    /// --json prints one JSON object with these keys (stable; sizes in bytes, null where
+    /// the disk has no such thing): path, format ("vmdk"), create_type, virtual_size,
+    /// disk_size (space all its files take on the host), allocated_grains, grain_size,
+    /// adapter_type, hw_version, cid and parent_cid (8 hex digits, as in the descriptor;
+    /// parent_cid "ffffffff" without parent), parent, unclean_shutdown, and extents: a list
+    /// of objects with path, type ("sparse", "compressed", "flat" or "zero"), start and size
+    /// (the part of the disk it holds), file_size, disk_size, grain_size.
     Info {
         path: PathBuf,
+        /// Print JSON for scripts instead of the table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         ds: DsArgs,
     },
@@ -226,7 +239,7 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
                 info.capacity
             );
         }
-        DiskCommand::Info { path, ds } => {
+        DiskCommand::Info { path, json, ds } => {
             let st = ds_storage(&path, &ds)?;
             let mut disk = match &st {
                 Some(st) => Vmdk::open_on(Arc::new(st.clone()), &path, OpenMode::ReadOnly)?,
@@ -236,8 +249,11 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
             let info = disk.info();
             drop(disk);
             unmount(st)?;
-            println!("{info:#?}");
-            println!("allocated grains: {allocated}");
+            if json {
+                println!("{:#}", info_json(&info, allocated));
+            } else {
+                print!("{}", info_table(&info, allocated));
+            }
         }
         DiskCommand::Check { path, repair, ds } => {
             let st = ds_storage(&path, &ds)?;
@@ -306,4 +322,138 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
         }
     }
     Ok(())
+}
+
+fn extent_type(k: ExtentKind) -> &'static str {
+    match k {
+        ExtentKind::Sparse => "sparse",
+        ExtentKind::Compressed => "compressed",
+        ExtentKind::Flat => "flat",
+        ExtentKind::Zero => "zero",
+    }
+}
+
+/// `vmk disk info`: what `qemu-img info` shows, plus the VMDK's own fields.
+fn info_table(i: &VmdkInfo, allocated_grains: u64) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("image", i.path.display().to_string()),
+        ("file format", "vmdk".into()),
+        ("create type", i.subformat.to_string()),
+        (
+            "virtual size",
+            format!("{} ({} bytes)", human(i.capacity), i.capacity),
+        ),
+        (
+            "disk size",
+            format!("{} (on the host, all its files)", human(i.allocated_bytes)),
+        ),
+    ];
+    if let Some(g) = i.grain_size {
+        rows.push(("grain size", format!("{} ({g} bytes)", human(g))));
+        rows.push((
+            "allocated",
+            format!(
+                "{allocated_grains} grains ({})",
+                human(allocated_grains.saturating_mul(g))
+            ),
+        ));
+    }
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    rows.push(("adapter type", or_none(&i.adapter_type)));
+    rows.push(("hardware version", or_none(&i.hw_version)));
+    rows.push(("CID", format!("{:08x}", i.cid)));
+    rows.push((
+        "parent CID",
+        if i.parent_cid == NO_PARENT {
+            format!("{:08x} (no parent)", i.parent_cid)
+        } else {
+            format!("{:08x}", i.parent_cid)
+        },
+    ));
+    if let Some(p) = &i.parent {
+        rows.push(("parent", p.display().to_string()));
+    }
+    if i.unclean_shutdown {
+        rows.push((
+            "unclean shutdown",
+            "yes: not closed cleanly; see `vmk disk check`".into(),
+        ));
+    }
+    let mut out = String::new();
+    for (k, v) in rows {
+        out += &format!("{:<18}{v}\n", format!("{k}:"));
+    }
+    out += "extents:\n";
+    let mut t = vec![[
+        "#".to_string(),
+        "type".into(),
+        "start".into(),
+        "size".into(),
+        "file size".into(),
+        "disk size".into(),
+        "file".into(),
+    ]];
+    for (n, e) in i.extents.iter().enumerate() {
+        t.push([
+            n.to_string(),
+            extent_type(e.kind).into(),
+            human(e.start),
+            human(e.size),
+            human(e.file_size),
+            human(e.allocated_bytes),
+            e.path.display().to_string(),
+        ]);
+    }
+    let mut w = [0usize; 7];
+    for r in &t {
+        for (c, v) in r.iter().enumerate() {
+            w[c] = w[c].max(v.len());
+        }
+    }
+    for r in &t {
+        let mut line = format!("  {:>w0$}  {:<w1$}", r[0], r[1], w0 = w[0], w1 = w[1]);
+        for c in 2..6 {
+            line += &format!("  {:>w$}", r[c], w = w[c]);
+        }
+        line += &format!("  {}", r[6]);
+        out += line.trim_end();
+        out += "\n";
+    }
+    out
+}
+
+/// `vmk disk info --json`: the keys documented on `DiskCommand::Info`.
+fn info_json(i: &VmdkInfo, allocated_grains: u64) -> serde_json::Value {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let extents: Vec<serde_json::Value> = i
+        .extents
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "path": path(&e.path),
+                "type": extent_type(e.kind),
+                "start": e.start,
+                "size": e.size,
+                "file_size": e.file_size,
+                "disk_size": e.allocated_bytes,
+                "grain_size": e.grain_size,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "path": path(&i.path),
+        "format": "vmdk",
+        "create_type": i.subformat.as_str(),
+        "virtual_size": i.capacity,
+        "disk_size": i.allocated_bytes,
+        "allocated_grains": allocated_grains,
+        "grain_size": i.grain_size,
+        "adapter_type": i.adapter_type,
+        "hw_version": i.hw_version,
+        "cid": format!("{:08x}", i.cid),
+        "parent_cid": format!("{:08x}", i.parent_cid),
+        "parent": i.parent.as_deref().map(path),
+        "unclean_shutdown": i.unclean_shutdown,
+        "extents": extents,
+    })
 }

@@ -87,7 +87,7 @@ fn disks_on_a_datastore_from_the_command_line() {
         let mut a = vec!["disk", "info", p];
         a.extend(dev);
         let info = ok(&a);
-        assert!(info.contains("capacity: 100663296"), "{info}");
+        assert!(info.contains("(100663296 bytes)"), "{info}");
         let mut a = vec!["disk", "check", p];
         a.extend(dev);
         assert!(ok(&a).contains("no problems found"));
@@ -96,13 +96,12 @@ fn disks_on_a_datastore_from_the_command_line() {
     let mut a = vec!["disk", "grow", "--size", "200M", split];
     a.extend(dev);
     ok(&a);
-    let mut a = vec!["disk", "info", split];
+    let mut a = vec!["disk", "info", "--json", split];
     a.extend(dev);
-    let info = ok(&a);
-    assert!(
-        info.contains("capacity: 209715200") && info.contains("file_size: 209715200"),
-        "{info}"
-    );
+    let info: serde_json::Value = serde_json::from_str(&ok(&a)).unwrap();
+    assert_eq!(info["virtual_size"], 209715200, "{info}");
+    assert_eq!(info["create_type"], "twoGbMaxExtentFlat", "{info}");
+    assert_eq!(info["extents"][0]["file_size"], 209715200, "{info}");
     // Clear errors.
     let e = err(&["disk", "create", "--size", "1M", "[ds1] vm1/x.vmdk"]);
     assert!(e.contains("--datastore-device"), "{e}");

@@ -58,6 +58,113 @@ fn sparse_disk(path: &Path) -> Vec<u8> {
 }
 
 #[test]
+fn info_is_a_table_and_json() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base.vmdk");
+    sparse_disk(&base);
+    let cid = Vmdk::open(&base, OpenMode::ReadOnly).unwrap().info().cid;
+
+    let table = ok(&["disk", "info", s(&base)]);
+    assert!(!table.contains("VmdkInfo"), "a debug dump:\n{table}");
+    for line in [
+        format!("image:            {}", base.display()),
+        "file format:      vmdk".into(),
+        "create type:      monolithicSparse".into(),
+        "virtual size:     96.0 MiB (100663296 bytes)".into(),
+        "grain size:       64.0 KiB (65536 bytes)".into(),
+        "allocated:        3 grains (192.0 KiB)".into(),
+        "adapter type:     lsilogic".into(),
+        "hardware version: 4".into(),
+        format!("CID:              {cid:08x}"),
+        "parent CID:       ffffffff (no parent)".into(),
+        "extents:".into(),
+    ] {
+        assert!(table.lines().any(|l| l == line), "no {line:?} in:\n{table}");
+    }
+    assert!(table.contains("disk size:"), "{table}");
+    assert!(!table.contains("parent:"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("0  sparse"))
+        .unwrap_or_else(|| panic!("no extent row in:\n{table}"));
+    assert!(row.ends_with(s(&base)), "{row}");
+
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&["disk", "info", "--json", s(&base)])).unwrap();
+    let mut keys: Vec<&str> = j.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "adapter_type",
+            "allocated_grains",
+            "cid",
+            "create_type",
+            "disk_size",
+            "extents",
+            "format",
+            "grain_size",
+            "hw_version",
+            "parent",
+            "parent_cid",
+            "path",
+            "unclean_shutdown",
+            "virtual_size"
+        ],
+        "the documented keys"
+    );
+    assert_eq!(j["format"], "vmdk");
+    assert_eq!(j["create_type"], "monolithicSparse");
+    assert_eq!(j["virtual_size"], 96 * MIB);
+    assert_eq!(j["allocated_grains"], 3);
+    assert_eq!(j["grain_size"], 65536);
+    assert_eq!(j["cid"], format!("{cid:08x}"));
+    assert_eq!(j["parent_cid"], "ffffffff");
+    assert_eq!(j["parent"], serde_json::Value::Null);
+    assert_eq!(j["unclean_shutdown"], false);
+    let e = &j["extents"][0];
+    assert_eq!(e["type"], "sparse");
+    assert_eq!(
+        (e["start"].as_u64(), e["size"].as_u64()),
+        (Some(0), Some(96 * MIB))
+    );
+    let file_len = std::fs::metadata(&base).unwrap().len();
+    assert_eq!(e["file_size"], file_len);
+    assert_eq!(j["extents"].as_array().unwrap().len(), 1);
+    // The same sizes and CID as qemu-img reads.
+    if let Some(q) = qemu_img(&["info", "--output=json", "-f", "vmdk", s(&base)]) {
+        assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+        let q: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+        assert_eq!(q["virtual-size"], j["virtual_size"], "{q}");
+        assert_eq!(q["actual-size"], j["disk_size"], "{q}");
+        assert_eq!(q["format-specific"]["data"]["cid"], cid, "{q}");
+    }
+
+    // A delta disk names its parent.
+    let child = t.path().join("child.vmdk");
+    let mut o = CreateOptions::new(0, Subformat::MonolithicSparse);
+    o.parent = Some("base.vmdk".into());
+    Vmdk::create(&child, &o).unwrap().close().unwrap();
+    let table = ok(&["disk", "info", s(&child)]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l == format!("parent CID:       {cid:08x}")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("parent:") && l.ends_with("base.vmdk")),
+        "{table}"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&["disk", "info", "--json", s(&child)])).unwrap();
+    assert_eq!(j["parent_cid"], format!("{cid:08x}"));
+    assert!(j["parent"].as_str().unwrap().ends_with("base.vmdk"), "{j}");
+}
+
+#[test]
 fn convert_takes_the_format_from_the_output_name() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src.vmdk");
@@ -125,6 +232,8 @@ fn unclean_shutdown_alone_is_a_notice() {
             && out.contains("vmk disk check --repair"),
         "{out}"
     );
+    let info = ok(&["disk", "info", s(&disk)]);
+    assert!(info.contains("unclean shutdown: yes"), "{info}");
     if let Some(q) = qemu_img(&["check", "-f", "vmdk", s(&disk)]) {
         assert!(
             q.status.success(),
