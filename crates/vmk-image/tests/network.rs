@@ -25,7 +25,7 @@ fn log(p: Progress) {
 }
 
 #[test]
-#[ignore = "needs network access to deb.debian.org (set up in .ci/run)"]
+#[ignore = "needs network access to deb.debian.org; not run by .ci/run or scripts/test"]
 fn unknown_package_is_named() {
     let t = tempfile::tempdir().unwrap();
     let mut o = options(t.path());
@@ -71,7 +71,7 @@ fn qemu(args: &[&str], limit: Duration) -> String {
 }
 
 #[test]
-#[ignore = "needs network access to deb.debian.org (set up in .ci/run)"]
+#[ignore = "needs network access to deb.debian.org; not run by .ci/run or scripts/test"]
 fn build_and_boot_with_sqlite3() {
     let t = tempfile::tempdir().unwrap();
     let script = t.path().join("script.sh");

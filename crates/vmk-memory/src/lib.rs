@@ -4,7 +4,8 @@
 //! *page map* that names the host frame backing it (or none) and whether the guest may write it
 //! directly. Nothing above this crate assumes that guest RAM is one contiguous host buffer, so
 //! later memory management (page sharing, ballooning, hypervisor swap) can move a single guest
-//! page to another host frame with [`GuestMemory::map_page`] / [`GuestMemory::unmap_page`].
+//! page to another host frame by changing its entry. Today the one such change is
+//! [`GuestMemory::protect_page`] (write protection, for copy-on-write sharing).
 //!
 //! vCPUs cache translations to host pointers in their own software TLBs. Whoever changes a page
 //! map entry must call [`GuestMemory::shootdown`], which returns only once every vCPU of the VM

@@ -43,6 +43,10 @@ pub struct Finding {
     pub offset: Option<u64>,
     pub message: String,
     pub repaired: bool,
+    /// Informational only: nothing in the disk's data or tables is wrong. Today this is
+    /// uncleanShutdown on a disk whose tables are consistent, which `qemu-img check` calls
+    /// clean too (a disk is left so by every crash of a process that had it open).
+    pub notice: bool,
 }
 
 /// The result of [`Vmdk::check`].
@@ -62,22 +66,25 @@ pub struct CheckReport {
 }
 
 impl CheckReport {
-    /// Nothing found.
+    /// Nothing found, not even a notice.
     pub fn is_clean(&self) -> bool {
         self.findings.is_empty()
     }
 
-    /// What is still wrong (after a repair: what it could not repair).
+    /// What is still wrong or still set (after a repair: what it could not repair),
+    /// notices included.
     pub fn unrepaired(&self) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(|f| !f.repaired)
+    }
+
+    /// What is still wrong, notices left out: the disk has problems if this is not empty.
+    pub fn problems(&self) -> impl Iterator<Item = &Finding> {
+        self.unrepaired().filter(|f| !f.notice)
     }
 }
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.findings.is_empty() {
-            return writeln!(f, "no problems found");
-        }
         for x in &self.findings {
             write!(f, "{}", x.path.display())?;
             if let Some(o) = x.offset {
@@ -85,10 +92,14 @@ impl fmt::Display for CheckReport {
             }
             writeln!(
                 f,
-                ": {}{}",
+                ": {}{}{}",
+                if x.notice { "notice: " } else { "" },
                 x.message,
                 if x.repaired { " [repaired]" } else { "" }
             )?;
+        }
+        if self.findings.iter().all(|x| x.notice) {
+            writeln!(f, "no problems found")?;
         }
         Ok(())
     }
@@ -114,6 +125,7 @@ impl Ctx<'_> {
             offset,
             message,
             repaired,
+            notice: false,
         });
     }
 }
@@ -236,13 +248,24 @@ pub(crate) fn check(path: &Path, repair: bool, store: &Store) -> Result<CheckRep
         )?;
     }
     if ctx.rep.unclean_shutdown {
+        // The flag alone says only that a process had the disk open when it died; with
+        // nothing else found the tables are consistent and the disk reads as it was left.
+        let consistent = ctx.rep.findings.is_empty();
+        let message = if consistent {
+            "uncleanShutdown is set: the disk was not closed cleanly, but its grain tables are consistent; a repair only clears the flag"
+        } else {
+            "uncleanShutdown is set: the disk was not closed cleanly"
+        };
         ctx.add(
             FindingKind::UncleanShutdown,
             path,
             Some(crate::format::field::UNCLEAN),
-            "uncleanShutdown is set: the disk was not closed cleanly".into(),
+            message.into(),
             repair,
         );
+        if let Some(f) = ctx.rep.findings.last_mut() {
+            f.notice = consistent;
+        }
     }
     if repair {
         for e in &mut parts.extents {

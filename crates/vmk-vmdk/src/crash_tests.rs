@@ -126,7 +126,19 @@ fn run(grain: u64, hide_table: Option<usize>, base: u64) -> (bool, bool) {
                 ),
                 "n={n}: a crash left {f:?}"
             );
+            // The flag is a notice exactly when nothing else is wrong.
+            assert_eq!(
+                f.notice,
+                f.kind == FindingKind::UncleanShutdown && rep.findings.len() == 1,
+                "n={n}: {rep}"
+            );
         }
+        let notices = usize::from(rep.findings.len() == 1);
+        assert_eq!(
+            rep.problems().count(),
+            rep.findings.len() - notices,
+            "n={n}: {rep}"
+        );
         let rep = Vmdk::check(&work, true).unwrap();
         assert_eq!(rep.unrepaired().count(), 0, "n={n}: {rep}");
         let rep = Vmdk::check(&work, false).unwrap();

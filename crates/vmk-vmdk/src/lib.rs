@@ -81,7 +81,9 @@
 //!   extent size is behind the header, which `check` reports and `repair` rewrites.
 //!
 //! Opening an image whose `uncleanShutdown` is set works ([`VmdkInfo::unclean_shutdown`]
-//! says so); run [`Vmdk::check`] on it, with `repair`, when it is not in use.
+//! says so); run [`Vmdk::check`] on it, with `repair`, when it is not in use. When the flag
+//! is all that `check` finds, it is a notice ([`Finding::notice`]), not a problem
+//! ([`CheckReport::problems`]): `qemu-img check` calls such a disk clean too.
 //!
 //! # Locking
 //!

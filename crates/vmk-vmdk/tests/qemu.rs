@@ -282,3 +282,80 @@ fn delta_disks_both_ways() {
         qemu_same(&vchild, &expected);
     }
 }
+
+/// A process that dies with a disk open read-write leaves uncleanShutdown set and nothing
+/// else: `check` reports the flag as a notice, not a problem, and `qemu-img check` (where
+/// installed) calls the disk clean too. A repair clears the flag.
+#[test]
+fn unclean_shutdown_alone_is_a_notice() {
+    const TEST: &str = "unclean_shutdown_alone_is_a_notice";
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    if let Some(path) = std::env::var_os("VMK_VMDK_DIE_WITH_OPEN_DISK") {
+        // The child: write, flush, and end the process without closing the disk (no
+        // destructor runs), as a killed vmk would.
+        let mut d = Vmdk::open(Path::new(&path), OpenMode::ReadWrite).expect("child open");
+        d.write_at(MIB + 1000, &data).expect("child write");
+        d.flush().expect("child flush");
+        std::process::exit(0);
+    }
+    let t = TempDir::new("unclean-notice");
+    let img = t.join("u.vmdk");
+    Vmdk::create(
+        &img,
+        &CreateOptions::new(8 * MIB, Subformat::MonolithicSparse),
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    let st = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture"])
+        .env("VMK_VMDK_DIE_WITH_OPEN_DISK", &img)
+        .status()
+        .expect("run the child");
+    assert!(st.success(), "child: {st}");
+    assert_eq!(
+        std::fs::read(&img).unwrap()[72],
+        1,
+        "uncleanShutdown left set"
+    );
+
+    let rep = Vmdk::check(&img, false).unwrap();
+    assert!(rep.unclean_shutdown, "{rep}");
+    assert_eq!(rep.findings.len(), 1, "{rep}");
+    assert!(rep.findings[0].notice && !rep.findings[0].repaired, "{rep}");
+    assert_eq!(rep.problems().count(), 0, "{rep}");
+    let text = rep.to_string();
+    assert!(
+        text.contains("notice: uncleanShutdown is set") && text.contains("no problems found"),
+        "{text}"
+    );
+    if qemu_img().is_some() {
+        qemu_clean(&img);
+    }
+    // What the child wrote and flushed is there.
+    let mut d = Vmdk::open(&img, OpenMode::ReadOnly).unwrap();
+    let mut b = vec![0u8; data.len()];
+    d.read_at(MIB + 1000, &mut b).unwrap();
+    assert!(b == data);
+    drop(d);
+
+    let rep = Vmdk::check(&img, true).unwrap();
+    assert!(rep.findings[0].repaired, "{rep}");
+    assert_eq!(
+        std::fs::read(&img).unwrap()[72],
+        0,
+        "repair clears the flag"
+    );
+    assert!(Vmdk::check(&img, false).unwrap().is_clean());
+
+    // With real damage besides (a leaked grain at the end), the flag is part of the
+    // problem, not a notice.
+    let mut b = std::fs::read(&img).unwrap();
+    b[72] = 1;
+    b.extend_from_slice(&vec![7u8; 64 << 10]);
+    std::fs::write(&img, &b).unwrap();
+    let rep = Vmdk::check(&img, false).unwrap();
+    assert!(rep.findings.iter().all(|f| !f.notice), "{rep}");
+    assert_eq!(rep.problems().count(), 2, "{rep}");
+    assert!(!rep.to_string().contains("no problems found"), "{rep}");
+}

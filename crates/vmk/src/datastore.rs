@@ -1,8 +1,10 @@
 //! `vmk datastore ...`: VMFS-style datastores (crate `vmk-vmfs`).
 //!
 //! A datastore lives on DEV: a file, a block device, `nbd:HOST:PORT` (an NBD export over
-//! TCP) or `nbd+unix:SOCKET`. Paths inside it are absolute-ish (`/dir/name`; a leading `/`
-//! may be left out). `cp` names the datastore side as `DEV:/path`.
+//! TCP) or `nbd+unix:SOCKET`. Every command that names a file or directory inside it (ls,
+//! mkdir, rm, cp) takes `DEV:/path`, as scp does; `ls DEV` lists the root. The older
+//! `ls|mkdir|rm DEV PATH` is still accepted, since a DEV without `:/` cannot be confused
+//! with the new form.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,27 +25,36 @@ pub enum DatastoreCommand {
     Create(CreateArgs),
     /// Show the volume header and the hosts in its heartbeat region.
     Info { dev: String },
-    /// List a directory.
+    /// List a directory: DEV:/path, or DEV for the root (e.g. `vmk datastore ls ds.img:/vm1`).
     Ls {
-        dev: String,
-        #[arg(default_value = "/")]
-        path: String,
+        /// DEV:/path, or DEV alone for the root.
+        #[arg(value_name = "DEV:/PATH")]
+        target: String,
+        /// The older form `ls DEV PATH`.
+        #[arg(hide = true)]
+        path: Option<String>,
         #[command(flatten)]
         mount: MountArgs,
     },
-    /// Make a directory (-p: and its parents).
+    /// Make a directory (-p: and its parents), e.g. `vmk datastore mkdir ds.img:/vm1`.
     Mkdir {
-        dev: String,
-        path: String,
+        #[arg(value_name = "DEV:/PATH")]
+        target: String,
+        /// The older form `mkdir DEV PATH`.
+        #[arg(hide = true)]
+        path: Option<String>,
         #[arg(short = 'p', long)]
         parents: bool,
         #[command(flatten)]
         mount: MountArgs,
     },
-    /// Remove a file or an empty directory.
+    /// Remove a file or an empty directory, e.g. `vmk datastore rm ds.img:/vm1/old.vmdk`.
     Rm {
-        dev: String,
-        path: String,
+        #[arg(value_name = "DEV:/PATH")]
+        target: String,
+        /// The older form `rm DEV PATH`.
+        #[arg(hide = true)]
+        path: Option<String>,
         #[command(flatten)]
         mount: MountArgs,
     },
@@ -114,7 +125,8 @@ fn read_only(dev: &str) -> Result<Datastore, CmdError> {
     Ok(Datastore::open_read_only(open_dev(dev, true)?)?)
 }
 
-/// Splits `DEV:/path` (the datastore side of `cp`); `None` for a local file.
+/// Splits `DEV:/path` (a file or directory in a datastore); `None` for a local file or a
+/// bare DEV.
 pub fn split_ds_path(s: &str) -> Option<(&str, &str)> {
     let skip = if s.starts_with("nbd+unix:") {
         "nbd+unix:".len()
@@ -125,7 +137,32 @@ pub fn split_ds_path(s: &str) -> Option<(&str, &str)> {
     Some((&s[..i], &s[i + 1..]))
 }
 
-fn human(n: u64) -> String {
+/// The DEV and path of `ls|mkdir|rm`: `DEV:/path`, or the older `DEV PATH`; a bare DEV
+/// is the root for `ls` (`root`) and an error otherwise.
+fn ds_target<'a>(
+    cmd: &str,
+    target: &'a str,
+    path: Option<&'a str>,
+    root: bool,
+) -> Result<(&'a str, &'a str), CmdError> {
+    match (split_ds_path(target), path) {
+        (Some(dp), None) => Ok(dp),
+        (None, Some(p)) => Ok((target, p)),
+        (None, None) if root => Ok((target, "/")),
+        (None, None) => Err(format!(
+            "{cmd} needs a path in the datastore: `vmk datastore {cmd} DEV:/PATH`, e.g. {target}:/vm1"
+        )
+        .into()),
+        (Some(_), Some(p)) => Err(format!(
+            "{target} already names a path in the datastore; {p:?} is one too many: \
+             use `vmk datastore {cmd} DEV:/PATH`"
+        )
+        .into()),
+    }
+}
+
+/// A size for people: `1.5 GiB`.
+pub(crate) fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -246,12 +283,13 @@ pub fn run(cmd: DatastoreCommand) -> Result<(), CmdError> {
             }
         }
         DatastoreCommand::Ls {
-            dev,
+            target,
             path,
             mount: m,
         } => {
-            let ds = mount(&dev, &m)?;
-            for e in ds.list(&path)? {
+            let (dev, path) = ds_target("ls", &target, path.as_deref(), true)?;
+            let ds = mount(dev, &m)?;
+            for e in ds.list(path)? {
                 let kind = if e.stat.is_dir {
                     "d"
                 } else if e.stat.eager_zeroed {
@@ -271,26 +309,28 @@ pub fn run(cmd: DatastoreCommand) -> Result<(), CmdError> {
             ds.unmount()?;
         }
         DatastoreCommand::Mkdir {
-            dev,
+            target,
             path,
             parents,
             mount: m,
         } => {
-            let ds = mount(&dev, &m)?;
+            let (dev, path) = ds_target("mkdir", &target, path.as_deref(), false)?;
+            let ds = mount(dev, &m)?;
             if parents {
-                ds.mkdir_all(&path)?;
+                ds.mkdir_all(path)?;
             } else {
-                ds.mkdir(&path)?;
+                ds.mkdir(path)?;
             }
             ds.unmount()?;
         }
         DatastoreCommand::Rm {
-            dev,
+            target,
             path,
             mount: m,
         } => {
-            let ds = mount(&dev, &m)?;
-            ds.remove(&path)?;
+            let (dev, path) = ds_target("rm", &target, path.as_deref(), false)?;
+            let ds = mount(dev, &m)?;
+            ds.remove(path)?;
             ds.unmount()?;
         }
         DatastoreCommand::Cp {
@@ -302,7 +342,7 @@ pub fn run(cmd: DatastoreCommand) -> Result<(), CmdError> {
             (None, Some((dev, path))) => copy_in(Path::new(&src), dev, path, eager_zeroed, &m)?,
             (Some((dev, path)), None) => copy_out(dev, path, Path::new(&dst), &m)?,
             _ => {
-                return Err("cp copies between a local file and DEV:/path (exactly one side names a datastore)".into());
+                return Err("cp copies between a local file and DEV:/PATH in a datastore (exactly one side names a datastore)".into());
             }
         },
         DatastoreCommand::Df { dev } => {
@@ -443,5 +483,29 @@ mod tests {
             Some(("nbd+unix:/tmp/s", "/x"))
         );
         assert_eq!(split_ds_path("local.vmdk"), None);
+    }
+
+    #[test]
+    fn ds_targets() {
+        assert_eq!(
+            ds_target("ls", "v.img:/a", None, true).unwrap(),
+            ("v.img", "/a")
+        );
+        assert_eq!(
+            ds_target("ls", "v.img", None, true).unwrap(),
+            ("v.img", "/")
+        );
+        assert_eq!(
+            ds_target("rm", "v.img", Some("/a"), false).unwrap(),
+            ("v.img", "/a")
+        );
+        let e = ds_target("rm", "v.img", None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DEV:/PATH"), "{e}");
+        let e = ds_target("ls", "v.img:/a", Some("/b"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DEV:/PATH"), "{e}");
     }
 }

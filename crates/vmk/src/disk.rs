@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use vmk_machine::datastore::{DatastoreStorage, DsPath};
-use vmk_vmdk::{convert, CreateOptions, OpenMode, Subformat, Target, Vmdk};
+use vmk_vmdk::descriptor::NO_PARENT;
+use vmk_vmdk::{convert, CreateOptions, ExtentKind, OpenMode, Subformat, Target, Vmdk, VmdkInfo};
 use vmk_vmfs::{Datastore, MountOptions};
 
+use crate::datastore::human;
 use crate::CmdError;
 use vmk_host::model::parse_size;
 
@@ -19,8 +21,19 @@ pub enum DiskCommand {
     /// --datastore-device).
     Create(CreateArgs),
     /// Show a disk's format, size, extents and allocation.
+    ///
+    /// --json prints one JSON object with these keys (stable; sizes in bytes, null where
+    /// the disk has no such thing): path, format ("vmdk"), create_type, virtual_size,
+    /// disk_size (space all its files take on the host), allocated_grains, grain_size,
+    /// adapter_type, hw_version, cid and parent_cid (8 hex digits, as in the descriptor;
+    /// parent_cid "ffffffff" without parent), parent, unclean_shutdown, and extents: a list
+    /// of objects with path, type ("sparse", "compressed", "flat" or "zero"), start and size
+    /// (the part of the disk it holds), file_size, disk_size, grain_size.
     Info {
         path: PathBuf,
+        /// Print JSON for scripts instead of the table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         ds: DsArgs,
     },
@@ -34,6 +47,10 @@ pub enum DiskCommand {
         ds: DsArgs,
     },
     /// Copy a disk to another format (VMDK subformats or raw), skipping unallocated space.
+    ///
+    /// Without --type the target format comes from DST's extension, as with qemu-img:
+    /// .raw and .img make a raw image, .vmdk a monolithicSparse VMDK; any other name
+    /// needs --type.
     Convert(ConvertArgs),
     /// Grow a VMDK to a new size.
     Grow {
@@ -143,9 +160,42 @@ fn unmount(st: Option<DatastoreStorage>) -> Result<(), CmdError> {
 pub struct ConvertArgs {
     pub src: PathBuf,
     pub dst: PathBuf,
-    /// Target VMDK subformat; `raw` for a plain image file.
-    #[arg(long = "type", default_value = "monolithicSparse")]
-    pub target: String,
+    /// Target VMDK subformat, or `raw` for a plain image file (default: from DST's
+    /// extension, .raw/.img: raw, .vmdk: monolithicSparse).
+    #[arg(long = "type")]
+    pub target: Option<String>,
+}
+
+/// What `convert` writes: `--type` when given, else what DST's extension says. A VMDK
+/// written into `out.raw` (the old default) surprised qemu-img users, so an extension that
+/// says nothing is refused rather than guessed.
+fn convert_target(dst: &Path, ty: Option<&str>) -> Result<Target, CmdError> {
+    let ty = match ty {
+        Some(t) => t.to_string(),
+        None => {
+            let ext = dst
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            match ext.as_deref() {
+                Some("raw" | "img") => "raw".into(),
+                Some("vmdk") => Subformat::MonolithicSparse.as_str().into(),
+                _ => {
+                    return Err(format!(
+                        "cannot tell the target format from the name {}: give --type raw or \
+                         --type monolithicSparse (or another VMDK subformat), or name the \
+                         output .raw, .img or .vmdk",
+                        dst.display()
+                    )
+                    .into())
+                }
+            }
+        }
+    };
+    Ok(if ty.eq_ignore_ascii_case("raw") {
+        Target::Raw
+    } else {
+        Target::Vmdk(CreateOptions::new(0, parse_subformat(&ty)?))
+    })
 }
 
 fn parse_subformat(s: &str) -> Result<Subformat, String> {
@@ -189,7 +239,7 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
                 info.capacity
             );
         }
-        DiskCommand::Info { path, ds } => {
+        DiskCommand::Info { path, json, ds } => {
             let st = ds_storage(&path, &ds)?;
             let mut disk = match &st {
                 Some(st) => Vmdk::open_on(Arc::new(st.clone()), &path, OpenMode::ReadOnly)?,
@@ -199,8 +249,11 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
             let info = disk.info();
             drop(disk);
             unmount(st)?;
-            println!("{info:#?}");
-            println!("allocated grains: {allocated}");
+            if json {
+                println!("{:#}", info_json(&info, allocated));
+            } else {
+                print!("{}", info_table(&info, allocated));
+            }
         }
         DiskCommand::Check { path, repair, ds } => {
             let st = ds_storage(&path, &ds)?;
@@ -209,8 +262,15 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
                 None => Vmdk::check(&path, repair)?,
             };
             unmount(st)?;
-            println!("{report}");
-            if report.unrepaired().next().is_some() {
+            print!("{report}");
+            if !repair && report.unrepaired().any(|f| f.notice) {
+                println!(
+                    "run `vmk disk check --repair` to clear the flag (with no VM using the disk)"
+                );
+            }
+            // Notices (uncleanShutdown on consistent tables) are not problems: qemu-img
+            // check calls such a disk clean too.
+            if report.problems().next().is_some() {
                 return Err(format!(
                     "{} has problems{}",
                     path.display(),
@@ -224,11 +284,7 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
             }
         }
         DiskCommand::Convert(a) => {
-            let target = if a.target.eq_ignore_ascii_case("raw") {
-                Target::Raw
-            } else {
-                Target::Vmdk(CreateOptions::new(0, parse_subformat(&a.target)?))
-            };
+            let target = convert_target(&a.dst, a.target.as_deref())?;
             let start = Instant::now();
             let mut last = Instant::now();
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -266,4 +322,138 @@ pub fn run(cmd: DiskCommand) -> Result<(), CmdError> {
         }
     }
     Ok(())
+}
+
+fn extent_type(k: ExtentKind) -> &'static str {
+    match k {
+        ExtentKind::Sparse => "sparse",
+        ExtentKind::Compressed => "compressed",
+        ExtentKind::Flat => "flat",
+        ExtentKind::Zero => "zero",
+    }
+}
+
+/// `vmk disk info`: what `qemu-img info` shows, plus the VMDK's own fields.
+fn info_table(i: &VmdkInfo, allocated_grains: u64) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("image", i.path.display().to_string()),
+        ("file format", "vmdk".into()),
+        ("create type", i.subformat.to_string()),
+        (
+            "virtual size",
+            format!("{} ({} bytes)", human(i.capacity), i.capacity),
+        ),
+        (
+            "disk size",
+            format!("{} (on the host, all its files)", human(i.allocated_bytes)),
+        ),
+    ];
+    if let Some(g) = i.grain_size {
+        rows.push(("grain size", format!("{} ({g} bytes)", human(g))));
+        rows.push((
+            "allocated",
+            format!(
+                "{allocated_grains} grains ({})",
+                human(allocated_grains.saturating_mul(g))
+            ),
+        ));
+    }
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    rows.push(("adapter type", or_none(&i.adapter_type)));
+    rows.push(("hardware version", or_none(&i.hw_version)));
+    rows.push(("CID", format!("{:08x}", i.cid)));
+    rows.push((
+        "parent CID",
+        if i.parent_cid == NO_PARENT {
+            format!("{:08x} (no parent)", i.parent_cid)
+        } else {
+            format!("{:08x}", i.parent_cid)
+        },
+    ));
+    if let Some(p) = &i.parent {
+        rows.push(("parent", p.display().to_string()));
+    }
+    if i.unclean_shutdown {
+        rows.push((
+            "unclean shutdown",
+            "yes: not closed cleanly; see `vmk disk check`".into(),
+        ));
+    }
+    let mut out = String::new();
+    for (k, v) in rows {
+        out += &format!("{:<18}{v}\n", format!("{k}:"));
+    }
+    out += "extents:\n";
+    let mut t = vec![[
+        "#".to_string(),
+        "type".into(),
+        "start".into(),
+        "size".into(),
+        "file size".into(),
+        "disk size".into(),
+        "file".into(),
+    ]];
+    for (n, e) in i.extents.iter().enumerate() {
+        t.push([
+            n.to_string(),
+            extent_type(e.kind).into(),
+            human(e.start),
+            human(e.size),
+            human(e.file_size),
+            human(e.allocated_bytes),
+            e.path.display().to_string(),
+        ]);
+    }
+    let mut w = [0usize; 7];
+    for r in &t {
+        for (c, v) in r.iter().enumerate() {
+            w[c] = w[c].max(v.len());
+        }
+    }
+    for r in &t {
+        let mut line = format!("  {:>w0$}  {:<w1$}", r[0], r[1], w0 = w[0], w1 = w[1]);
+        for c in 2..6 {
+            line += &format!("  {:>w$}", r[c], w = w[c]);
+        }
+        line += &format!("  {}", r[6]);
+        out += line.trim_end();
+        out += "\n";
+    }
+    out
+}
+
+/// `vmk disk info --json`: the keys documented on `DiskCommand::Info`.
+fn info_json(i: &VmdkInfo, allocated_grains: u64) -> serde_json::Value {
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let extents: Vec<serde_json::Value> = i
+        .extents
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "path": path(&e.path),
+                "type": extent_type(e.kind),
+                "start": e.start,
+                "size": e.size,
+                "file_size": e.file_size,
+                "disk_size": e.allocated_bytes,
+                "grain_size": e.grain_size,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "path": path(&i.path),
+        "format": "vmdk",
+        "create_type": i.subformat.as_str(),
+        "virtual_size": i.capacity,
+        "disk_size": i.allocated_bytes,
+        "allocated_grains": allocated_grains,
+        "grain_size": i.grain_size,
+        "adapter_type": i.adapter_type,
+        "hw_version": i.hw_version,
+        "cid": format!("{:08x}", i.cid),
+        "parent_cid": format!("{:08x}", i.parent_cid),
+        "parent": i.parent.as_deref().map(path),
+        "unclean_shutdown": i.unclean_shutdown,
+        "extents": extents,
+    })
 }

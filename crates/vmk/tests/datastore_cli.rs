@@ -63,7 +63,7 @@ fn disks_on_a_datastore_from_the_command_line() {
     assert!(create(ez, "eagerZeroedThick").contains("eager-zeroed"));
     create(split, "twoGbMaxExtentFlat");
     // Thin sparse file, eager-zeroed flat extent ('e'), thin split extent.
-    let ls = ok(&["datastore", "ls", &vol, "/vm1"]);
+    let ls = ok(&["datastore", "ls", &format!("{vol}:/vm1")]);
     let line = |name: &str| {
         ls.lines()
             .find(|l| l.ends_with(name))
@@ -87,7 +87,7 @@ fn disks_on_a_datastore_from_the_command_line() {
         let mut a = vec!["disk", "info", p];
         a.extend(dev);
         let info = ok(&a);
-        assert!(info.contains("capacity: 100663296"), "{info}");
+        assert!(info.contains("(100663296 bytes)"), "{info}");
         let mut a = vec!["disk", "check", p];
         a.extend(dev);
         assert!(ok(&a).contains("no problems found"));
@@ -96,13 +96,12 @@ fn disks_on_a_datastore_from_the_command_line() {
     let mut a = vec!["disk", "grow", "--size", "200M", split];
     a.extend(dev);
     ok(&a);
-    let mut a = vec!["disk", "info", split];
+    let mut a = vec!["disk", "info", "--json", split];
     a.extend(dev);
-    let info = ok(&a);
-    assert!(
-        info.contains("capacity: 209715200") && info.contains("file_size: 209715200"),
-        "{info}"
-    );
+    let info: serde_json::Value = serde_json::from_str(&ok(&a)).unwrap();
+    assert_eq!(info["virtual_size"], 209715200, "{info}");
+    assert_eq!(info["create_type"], "twoGbMaxExtentFlat", "{info}");
+    assert_eq!(info["extents"][0]["file_size"], 209715200, "{info}");
     // Clear errors.
     let e = err(&["disk", "create", "--size", "1M", "[ds1] vm1/x.vmdk"]);
     assert!(e.contains("--datastore-device"), "{e}");
@@ -149,7 +148,7 @@ fn fuse_mount_shows_the_files_read_only() {
     let data: Vec<u8> = (0..3_000_001u32).map(|i| (i * 7 % 253) as u8).collect();
     let src = tmp.path().join("blob");
     std::fs::write(&src, &data).unwrap();
-    ok(&["datastore", "mkdir", &vol, "/vm1"]);
+    ok(&["datastore", "mkdir", &format!("{vol}:/vm1")]);
     ok(&[
         "datastore",
         "cp",
@@ -197,4 +196,39 @@ fn fuse_mount_shows_the_files_read_only() {
         !mnt.join("vm1").exists(),
         "still mounted after the process ended"
     );
+}
+
+/// ls, mkdir, rm and cp all name a place in the datastore as DEV:/PATH; the older
+/// `DEV PATH` of ls/mkdir/rm still works, and mixing the two is refused with the new form.
+#[test]
+fn datastore_paths_are_dev_colon_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = volume(tmp.path());
+    let at = |p: &str| format!("{vol}:{p}");
+    ok(&["datastore", "mkdir", "-p", &at("/a/b")]);
+    let blob = tmp.path().join("blob");
+    std::fs::write(&blob, vec![5u8; 70_000]).unwrap();
+    ok(&["datastore", "cp", &blob.to_string_lossy(), &at("/a/b")]);
+    let ls = ok(&["datastore", "ls", &at("/a/b")]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with('-') && l.ends_with("  blob")),
+        "{ls}"
+    );
+    assert_eq!(ok(&["datastore", "ls", &vol, "/a/b"]), ls, "the older form");
+    let root = ok(&["datastore", "ls", &vol]);
+    assert!(root.lines().any(|l| l.ends_with("  a/")), "{root}");
+    let back = tmp.path().join("back");
+    ok(&["datastore", "cp", &at("/a/b/blob"), &back.to_string_lossy()]);
+    assert_eq!(std::fs::read(&back).unwrap(), vec![5u8; 70_000]);
+    ok(&["datastore", "rm", &at("/a/b/blob")]);
+    assert!(!ok(&["datastore", "ls", &at("/a/b")]).contains("blob"));
+    ok(&["datastore", "rm", &vol, "/a/b"]);
+
+    let e = err(&["datastore", "ls", &at("/a"), "/b"]);
+    assert!(e.contains("vmk datastore ls DEV:/PATH"), "{e}");
+    let e = err(&["datastore", "rm", &vol]);
+    assert!(e.contains("vmk datastore rm DEV:/PATH"), "{e}");
+    let help = ok(&["datastore", "ls", "--help"]);
+    assert!(help.contains("DEV:/PATH"), "{help}");
 }
