@@ -496,7 +496,7 @@ fn from_int<A, R>(f: unsafe extern "C" fn(A) -> R, x: A, rm: u8) -> (R, u8) {
 /// valid here (for ops that ignore rm, any value is passed).
 /// Returns (result, fflags raised). For f destinations, single results are NaN-boxed
 /// (upper 32 bits all ones). For x destinations the value is what goes into rd: 32-bit results
-/// (FCVT.W[U].*, FMV.X.W, FEQ/FLT/FLE, FCLASS) sign-extended to 64 bits as the spec says
+/// (`FCVT.W[U].*`, FMV.X.W, FEQ/FLT/FLE, FCLASS) sign-extended to 64 bits as the spec says
 /// (note FCVT.WU.* sign-extends its 32-bit result too).
 pub fn execute(op: FpOp, a: u64, b: u64, c: u64, rm: u8) -> (u64, u8) {
     use FpOp::*;

@@ -24,7 +24,7 @@ pub const EXIT_STATUS_PREFIX: &str = "vmk-guest: exit-status ";
 pub struct InitConfig {
     /// `uname -r` of the kernel, the directory under /lib/modules.
     pub kernel_version: String,
-    /// Module paths relative to /lib/modules/<version>, in load order.
+    /// Module paths relative to `/lib/modules/<version>`, in load order.
     pub modules: Vec<String>,
     /// Whether /vmk/init-script exists (run it and power off) or not (interactive shell).
     pub has_init_script: bool,

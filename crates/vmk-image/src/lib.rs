@@ -131,7 +131,7 @@ pub struct ImageInfo {
     pub kernel: KernelSummary,
     /// Packages unpacked into the initrd.
     pub packages: Vec<PackageRef>,
-    /// Module paths under /lib/modules/<version>, in load order.
+    /// Module paths under `/lib/modules/<version>`, in load order.
     pub modules: Vec<String>,
     /// Requested or needed modules that are built into the kernel.
     pub builtin_modules: Vec<String>,
@@ -920,7 +920,7 @@ struct ManifestInitrd<'a> {
     size: u64,
     uncompressed_size: u64,
     init_script: bool,
-    /// Under /lib/modules/<version>, in load order.
+    /// Under `/lib/modules/<version>`, in load order.
     modules: &'a [String],
     builtin_modules: &'a [String],
 }

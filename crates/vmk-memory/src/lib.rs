@@ -184,6 +184,7 @@ pub struct GuestMemory {
 // SAFETY: host frame addresses are plain integers in atomics; the backing mappings live as long
 // as the GuestMemory.
 unsafe impl Send for GuestMemory {}
+// SAFETY: as for Send: what threads share is atomics, a Mutex, and mappings that outlive them.
 unsafe impl Sync for GuestMemory {}
 
 impl std::fmt::Debug for GuestMemory {

@@ -2,9 +2,9 @@
 //!
 //! Up to 32 hosts (separate processes, or machines sharing storage) mount one volume at the
 //! same time and coordinate only through the disk: a heartbeat slot per host (delta
-//! leases, [`lease`](crate::lease)), a Disk Paxos lock on every inode and resource cluster
-//! ([`paxos`](crate::paxos)), and a journal per host for metadata. The on-disk format is in
-//! `docs/vmfs-format.md` and [`format`].
+//! leases, `lease.rs`), a Disk Paxos lock on every inode and resource cluster
+//! (`paxos.rs`), and a journal per host for metadata. The on-disk format is in
+//! `docs/vmfs-format.md` and [`format`](mod@format).
 //!
 //! ```no_run
 //! use vmk_vmfs::{Datastore, FileDevice, FileOptions, LockMode, MountOptions};

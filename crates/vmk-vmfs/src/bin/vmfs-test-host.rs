@@ -1,12 +1,15 @@
 //! A test helper: one host of a multi-host test, as its own process (the tests in
 //! `tests/multihost.rs` start many). Not a user tool; `vmk datastore` is.
 //!
-//!     vmfs-test-host stress VOLUME HOST SECONDS SEED MANIFEST
-//!         (MANIFEST: a line `NAME LEN CRC32C` per file the host owns at the end, also when
-//!         it fails; the file of an operation that failed half-way is `NAME ?`: it may or
-//!         may not exist, with any contents)
-//!     vmfs-test-host writer VOLUME HOST PATH          (writes until killed; "ready" on stdout)
-//!     vmfs-test-host race VOLUME HOST ROUNDS START_MS PERIOD_MS
+//! ```text
+//! vmfs-test-host stress VOLUME HOST SECONDS SEED MANIFEST
+//! vmfs-test-host writer VOLUME HOST PATH          (writes until killed; "ready" on stdout)
+//! vmfs-test-host race VOLUME HOST ROUNDS START_MS PERIOD_MS
+//! ```
+//!
+//! MANIFEST gets a line `NAME LEN CRC32C` for each file the stress host owns at the end,
+//! also when it fails; the file of an operation that failed half-way is `NAME ?` (it may or
+//! may not exist, with any contents).
 //!
 //! VOLUME is a file path, or `nbd:HOST:PORT` / `nbd+unix:SOCKET` for an NBD export.
 
