@@ -6,6 +6,7 @@ mod api_support;
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use api_support::*;
 use vmk_host::client::{Client, Response};
@@ -388,4 +389,53 @@ fn concurrent_conflicting_lifecycle_calls() {
         Err(e) => assert_eq!(e.status(), Some(404), "{e}"),
     }
     healthy(c);
+}
+
+/// `test_fault_on_console` is a hook of debug builds (vmk-machine refuses it at start
+/// otherwise): a host that cannot run it refuses it at create instead of storing a VM that
+/// never starts. The real host, served by the real API, with its test hooks off as in a
+/// release build.
+#[test]
+fn test_fault_hook_is_refused_at_create_where_unsupported() {
+    use vmk_host::runtime::Host;
+    use vmk_host::validate::{HostLimits, TEST_HOOKS};
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("Image");
+    std::fs::write(&kernel, b"not started in this test").unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "name": "faulty",
+        "memory": "64M",
+        "boot": {"kernel": kernel},
+        "test_fault_on_console": "BOOM",
+    }))
+    .unwrap();
+    for test_hooks in [false, TEST_HOOKS] {
+        let sub = dir.path().join(format!("hooks-{test_hooks}"));
+        let cfg = config(&sub);
+        let limits = HostLimits {
+            cpus: 2,
+            memory: 1 << 30,
+            test_hooks,
+        };
+        let host = Host::open_with_limits(&cfg, limits).unwrap();
+        let server = vmk_host::fake::TestServer::start(host.clone(), &cfg).unwrap();
+        let c = Client::unix(server.socket());
+        let resp = post(&c, "/v1/vms", JSON, &body);
+        if test_hooks {
+            assert_eq!(resp.status, 201, "{}", resp.error_message());
+        } else {
+            expect(
+                &resp,
+                400,
+                "test_fault_on_console is a test hook of debug builds",
+                "release",
+            );
+            assert!(c.list().unwrap().is_empty(), "nothing stored");
+            assert!(!vmk_host::inventory::vm_dir(&cfg.dir, "faulty")
+                .unwrap()
+                .exists());
+        }
+        server.stop().unwrap();
+        host.shutdown(Duration::from_secs(1));
+    }
 }
