@@ -4,9 +4,11 @@
 mod api_support;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api_support::*;
 use vmk_host::client::{Client, Response};
@@ -389,6 +391,140 @@ fn concurrent_conflicting_lifecycle_calls() {
         Err(e) => assert_eq!(e.status(), Some(404), "{e}"),
     }
     healthy(c);
+}
+
+/// Writes `request`, then reads until the server closes the connection. Returns what it
+/// sent and how long that took; panics if the connection is still open after `limit`.
+fn exchange(
+    stream: &mut (impl Read + Write),
+    request: &[u8],
+    limit: Duration,
+) -> (String, Duration) {
+    let t0 = Instant::now();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset after the answer is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "connection still open after {:?} ({e}); got {:?}",
+                t0.elapsed(),
+                String::from_utf8_lossy(&out)
+            ),
+        }
+        assert!(t0.elapsed() < limit, "still open after {:?}", t0.elapsed());
+    }
+    (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+}
+
+fn unix_stream(env: &Env, read_timeout: Duration) -> UnixStream {
+    let s = UnixStream::connect(env.socket()).unwrap();
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s
+}
+
+fn tcp_stream(env: &Env, read_timeout: Duration) -> TcpStream {
+    let s = TcpStream::connect(env.server.tcp_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(read_timeout)).unwrap();
+    s
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113 3.4), as `curl --http2-prior-knowledge`
+/// sends it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[test]
+fn http2_is_not_served() {
+    let env = start_with_tcp();
+    // The preface and an empty SETTINGS frame (length 0, type 4, flags 0, stream 0): an
+    // HTTP/2 server would answer with its own SETTINGS frame and keep the connection; this
+    // one closes it at once.
+    let mut h2 = H2_PREFACE.to_vec();
+    h2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let limit = Duration::from_secs(5);
+    for (what, request) in [
+        ("preface + SETTINGS", &h2[..]),
+        ("preface only", H2_PREFACE),
+    ] {
+        let (unix, took_unix) = exchange(&mut unix_stream(&env, limit), request, limit);
+        let (tcp, took_tcp) = exchange(&mut tcp_stream(&env, limit), request, limit);
+        for (side, resp, took) in [("unix", unix, took_unix), ("tcp", tcp, took_tcp)] {
+            // hyper closes on the preface without a word; an HTTP/1.1 error would do too.
+            // What must not come is an HTTP/2 frame.
+            assert!(
+                resp.is_empty() || resp.starts_with("HTTP/1.1 4") || resp.starts_with("HTTP/1.1 5"),
+                "{side} {what}: {resp:?}"
+            );
+            assert!(
+                took < Duration::from_secs(2),
+                "{side} {what}: took {took:?}"
+            );
+        }
+    }
+    healthy(&env.client);
+    healthy(&env.tcp_client());
+}
+
+#[test]
+fn a_body_that_never_completes_is_bounded() {
+    let bound = Duration::from_secs(1);
+    let env = start_with_body_timeout(bound);
+    env.client.create(&def("web1")).unwrap();
+    env.client.start("web1").unwrap();
+    let limit = Duration::from_secs(5);
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // 100 bytes announced, 4 sent, and the client then waits.
+    let partial = |line: &str, auth: &str| {
+        format!(
+            "{line}\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\
+             \r\n\r\n{{\"na"
+        )
+    };
+    for (side, line) in [
+        ("unix", "POST /v1/vms HTTP/1.1"),
+        ("unix", "POST /v1/vms/web1/stop HTTP/1.1"),
+        ("unix", "PATCH /v1/vswitches/sw HTTP/1.1"),
+        ("tcp", "POST /v1/vms HTTP/1.1"),
+    ] {
+        let request = partial(line, if side == "tcp" { &auth } else { "" });
+        let (resp, took) = if side == "tcp" {
+            exchange(&mut tcp_stream(&env, limit), request.as_bytes(), limit)
+        } else {
+            exchange(&mut unix_stream(&env, limit), request.as_bytes(), limit)
+        };
+        assert_eq!(status(&resp), 408, "{side} {line}: {resp}");
+        assert!(
+            error_of(&resp).contains("did not arrive within 1 s"),
+            "{resp}"
+        );
+        assert!(
+            took >= bound && took < limit,
+            "{side} {line}: took {took:?}"
+        );
+    }
+    // Routes that read no body, and requests refused before the body (no token), are
+    // answered at once and the connection closed: the rest of the body is never waited for.
+    for (side, line) in [
+        ("unix", "GET /v1/host HTTP/1.1"),
+        ("tcp", "POST /v1/vms HTTP/1.1"),
+    ] {
+        let request = partial(line, "");
+        let (resp, took) = if side == "tcp" {
+            exchange(&mut tcp_stream(&env, limit), request.as_bytes(), limit)
+        } else {
+            exchange(&mut unix_stream(&env, limit), request.as_bytes(), limit)
+        };
+        let expected = if side == "tcp" { 401 } else { 200 };
+        assert_eq!(status(&resp), expected, "{side} {line}: {resp}");
+        assert!(took < bound, "{side} {line}: took {took:?}");
+    }
+    assert_eq!(env.client.list().unwrap().len(), 1);
+    assert_eq!(env.client.info("web1").unwrap().state, VmState::Running);
+    healthy(&env.client);
 }
 
 /// `test_fault_on_console` is a hook of debug builds (vmk-machine refuses it at start
