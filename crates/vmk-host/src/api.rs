@@ -622,11 +622,22 @@ async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErr> {
     })
 }
 
-/// Parses JSON with serde's precise message and the path of the offending field. Anything
-/// after the value (a second value, garbage) is refused too.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr> {
+/// Parses a JSON body into `T` with serde's precise message and the path of the offending
+/// field. Anything after the value (a second value, garbage) is refused too. The body, and
+/// every value that becomes a struct, must be a JSON object: serde's derived structs also
+/// accept an array and fill the fields by position, which would get round the refusal of
+/// unknown fields (`[9000]` as a vSwitch update).
+fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, ApiErr> {
+    let raw: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
+    if !raw.is_object() {
+        return Err(ApiErr::bad_request(format!(
+            "the request body must be a JSON object ({{\"field\": value, ...}}), not {}",
+            json_kind(&raw)
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         ApiErr::bad_request(if path == "." {
@@ -637,7 +648,57 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr> {
     })?;
     de.end()
         .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
+    // What became a struct is an object when written back: where the request had an array
+    // there, it filled the struct by position.
+    let written = serde_json::to_value(&value).map_err(|e| {
+        ApiErr::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot check the request body: {e}"),
+        )
+    })?;
+    if let Some(path) = array_for_object(&raw, &written, String::new()) {
+        return Err(ApiErr::bad_request(format!(
+            "invalid JSON body: {path}: must be a JSON object, not an array"
+        )));
+    }
     Ok(value)
+}
+
+/// The path of the first place where `sent` has an array and `parsed` an object.
+fn array_for_object(
+    sent: &serde_json::Value,
+    parsed: &serde_json::Value,
+    at: String,
+) -> Option<String> {
+    use serde_json::Value;
+    match (sent, parsed) {
+        (Value::Array(_), Value::Object(_)) => Some(at),
+        (Value::Object(s), Value::Object(p)) => s.iter().find_map(|(k, v)| {
+            let at = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            p.get(k).and_then(|pv| array_for_object(v, pv, at))
+        }),
+        (Value::Array(s), Value::Array(p)) => s
+            .iter()
+            .zip(p)
+            .enumerate()
+            .find_map(|(i, (sv, pv))| array_for_object(sv, pv, format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn unsupported_media_type() -> ApiErr {
@@ -650,7 +711,7 @@ fn unsupported_media_type() -> ApiErr {
 /// A required JSON body.
 struct JsonBody<T>(T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: DeserializeOwned + Serialize> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiErr;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -665,7 +726,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 /// An optional JSON body: an empty body is `None`.
 struct OptionalJsonBody<T>(Option<T>);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Serialize> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = ApiErr;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -693,7 +754,11 @@ fn query<T: DeserializeOwned>(parts_uri: &axum::http::Uri) -> Result<T, ApiErr> 
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
     /// Seconds the guest gets to shut down before it is powered off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_secs: Option<u64>,
 }
 
