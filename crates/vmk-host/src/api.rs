@@ -58,6 +58,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A connection must send a request head within this time (also closes idle keep-alive
 /// connections), so idle or slow-loris clients cannot pile up connections.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request's body must have arrived within this time once its head has (408 otherwise, and
+/// the connection is closed), so a client that announces a body and never sends it cannot
+/// hold a connection and a handler. Bodies are at most [`BODY_LIMIT`], so this leaves
+/// 100 KiB/s for the largest one. [`Server::set_body_read_timeout`] changes it.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the API could not be served. Messages name the file or address and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +126,7 @@ pub struct Server {
     unix: std::os::unix::net::UnixListener,
     socket: SocketFile,
     tcp: Option<(std::net::TcpListener, Arc<Token>)>,
+    body_timeout: Duration,
 }
 
 impl Server {
@@ -149,7 +155,14 @@ impl Server {
             unix,
             socket,
             tcp,
+            body_timeout: BODY_READ_TIMEOUT,
         })
+    }
+
+    /// Sets how long a request body may take to arrive (default [`BODY_READ_TIMEOUT`]; tests
+    /// use a short one).
+    pub fn set_body_read_timeout(&mut self, timeout: Duration) {
+        self.body_timeout = timeout;
     }
 
     /// The Unix socket's path.
@@ -172,11 +185,13 @@ impl Server {
             unix,
             socket,
             tcp,
+            body_timeout,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = AppState {
             host,
             shutdown: stop_rx.clone(),
+            body_timeout,
         };
         let unix = tokio::net::UnixListener::from_std(unix)
             .map_err(io_err("cannot register the API socket with tokio"))?;
@@ -213,13 +228,16 @@ impl Server {
 }
 
 /// Accepts connections until `stop` turns true, then waits for the open ones to finish
-/// their requests (consoles included). HTTP/1.1 with upgrades, like `axum::serve`, plus a
-/// timeout for request heads ([`HEADER_TIMEOUT`]).
+/// their requests (consoles included). HTTP/1.1 only, with upgrades, plus a timeout for
+/// request heads ([`HEADER_TIMEOUT`]). HTTP/2 is not served: hyper-util's auto builder
+/// answered an HTTP/2 preface even when told `http1_only` (its upgradeable connection ignores
+/// that setting), and HTTP/2 connections had none of the HTTP/1 limits. hyper's HTTP/1
+/// server closes a connection that starts with the HTTP/2 preface.
 async fn serve_listener<L>(mut listener: L, app: Router, mut stop: watch::Receiver<bool>)
 where
     L: axum::serve::Listener,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             // (Accept errors such as EMFILE are retried inside `accept`.)
@@ -228,23 +246,28 @@ where
         };
         let Some(io) = accepted else { break };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut builder =
-            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .http1_only();
-        builder
-            .http1()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT);
-        let conn = builder
-            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .with_upgrades();
+        let mut conn_stop = stop.clone();
+        conns.spawn(async move {
+            tokio::pin!(conn);
             // A connection error (client gone, malformed request) concerns that client only.
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = conn_stop.wait_for(|s| *s) => {}
+            }
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         });
+        // Reap finished connections so the set does not grow with every client.
+        while conns.try_join_next().is_some() {}
     }
-    graceful.shutdown().await;
+    // Dropping the set (when `run` gives up after SHUTDOWN_GRACE) aborts what is left.
+    while conns.join_next().await.is_some() {}
 }
 
 /// The socket file this server created; removed on drop unless another server has replaced
@@ -448,6 +471,8 @@ struct AppState {
     host: Arc<dyn HostApi>,
     /// Becomes true when the server shuts down (ends attached consoles).
     shutdown: watch::Receiver<bool>,
+    /// See [`BODY_READ_TIMEOUT`].
+    body_timeout: Duration,
 }
 
 /// An error answer: `{"error": message}` with a status.
@@ -568,9 +593,21 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Reads the body within [`BODY_LIMIT`].
-async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiErr> {
-    Bytes::from_request(req, state).await.map_err(|e| {
+/// Reads the body within [`BODY_LIMIT`] and the state's body timeout ([`BODY_READ_TIMEOUT`]).
+async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErr> {
+    let timeout = state.body_timeout;
+    let read = tokio::time::timeout(timeout, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| {
+            ApiErr::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (is Content-Length right?)",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiErr::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -585,11 +622,22 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     })
 }
 
-/// Parses JSON with serde's precise message and the path of the offending field. Anything
-/// after the value (a second value, garbage) is refused too.
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr> {
+/// Parses a JSON body into `T` with serde's precise message and the path of the offending
+/// field. Anything after the value (a second value, garbage) is refused too. The body, and
+/// every value that becomes a struct, must be a JSON object: serde's derived structs also
+/// accept an array and fill the fields by position, which would get round the refusal of
+/// unknown fields (`[9000]` as a vSwitch update).
+fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, ApiErr> {
+    let raw: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
+    if !raw.is_object() {
+        return Err(ApiErr::bad_request(format!(
+            "the request body must be a JSON object ({{\"field\": value, ...}}), not {}",
+            json_kind(&raw)
+        )));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         ApiErr::bad_request(if path == "." {
@@ -600,7 +648,57 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErr> {
     })?;
     de.end()
         .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
+    // What became a struct is an object when written back: where the request had an array
+    // there, it filled the struct by position.
+    let written = serde_json::to_value(&value).map_err(|e| {
+        ApiErr::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot check the request body: {e}"),
+        )
+    })?;
+    if let Some(path) = array_for_object(&raw, &written, String::new()) {
+        return Err(ApiErr::bad_request(format!(
+            "invalid JSON body: {path}: must be a JSON object, not an array"
+        )));
+    }
     Ok(value)
+}
+
+/// The path of the first place where `sent` has an array and `parsed` an object.
+fn array_for_object(
+    sent: &serde_json::Value,
+    parsed: &serde_json::Value,
+    at: String,
+) -> Option<String> {
+    use serde_json::Value;
+    match (sent, parsed) {
+        (Value::Array(_), Value::Object(_)) => Some(at),
+        (Value::Object(s), Value::Object(p)) => s.iter().find_map(|(k, v)| {
+            let at = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            p.get(k).and_then(|pv| array_for_object(v, pv, at))
+        }),
+        (Value::Array(s), Value::Array(p)) => s
+            .iter()
+            .zip(p)
+            .enumerate()
+            .find_map(|(i, (sv, pv))| array_for_object(sv, pv, format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn unsupported_media_type() -> ApiErr {
@@ -613,10 +711,10 @@ fn unsupported_media_type() -> ApiErr {
 /// A required JSON body.
 struct JsonBody<T>(T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned + Serialize> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiErr;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers()) {
             return Err(unsupported_media_type());
         }
@@ -628,10 +726,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 /// An optional JSON body: an empty body is `None`.
 struct OptionalJsonBody<T>(Option<T>);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Serialize> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = ApiErr;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let json = is_json(req.headers());
         let bytes = body_bytes(req, state).await?;
         if bytes.is_empty() {
@@ -656,7 +754,11 @@ fn query<T: DeserializeOwned>(parts_uri: &axum::http::Uri) -> Result<T, ApiErr> 
 #[serde(deny_unknown_fields)]
 pub struct StopRequest {
     /// Seconds the guest gets to shut down before it is powered off.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout_secs: Option<u64>,
 }
 

@@ -415,7 +415,18 @@ pub struct TestServer {
 impl TestServer {
     /// Binds (errors come back here) and serves `host` as configured by `cfg`.
     pub fn start(host: Arc<dyn HostApi>, cfg: &HostConfig) -> Result<TestServer, ApiError> {
-        let server = Server::bind(host, cfg)?;
+        Self::start_with_body_timeout(host, cfg, crate::api::BODY_READ_TIMEOUT)
+    }
+
+    /// [`TestServer::start`] with another request body timeout (tests of the bound use a
+    /// short one).
+    pub fn start_with_body_timeout(
+        host: Arc<dyn HostApi>,
+        cfg: &HostConfig,
+        body_timeout: Duration,
+    ) -> Result<TestServer, ApiError> {
+        let mut server = Server::bind(host, cfg)?;
+        server.set_body_read_timeout(body_timeout);
         let socket = server.socket_path().to_path_buf();
         let tcp = server.tcp_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

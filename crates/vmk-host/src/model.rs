@@ -68,6 +68,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
+/// For optional fields of API input: absent means the default, `null` is refused (the
+/// document says the field is a string or an integer, not that it may be null).
+pub fn no_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom(
+            "null is not allowed here: leave the field out for its default",
+        )),
+    }
+}
+
 /// A size in bytes; written as an integer or a string with a K/M/G/T suffix (`"512M"`).
 /// Serialized as an integer number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -139,14 +154,30 @@ pub struct Resources {
 #[serde(deny_unknown_fields)]
 pub struct Boot {
     /// An image directory from `vmk image build` (vmlinux, initrd.img).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub image: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kernel: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub initrd: Option<PathBuf>,
     /// Kernel command line; default: the image's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub append: Option<String>,
 }
 
@@ -158,7 +189,11 @@ pub struct DiskDef {
     #[serde(default)]
     pub read_only: bool,
     /// virtio-blk serial, at most 20 bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub serial: Option<String>,
 }
 
@@ -167,7 +202,11 @@ pub struct DiskDef {
 #[serde(deny_unknown_fields)]
 pub struct NicDef {
     pub portgroup: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mac: Option<String>,
 }
 
@@ -194,7 +233,11 @@ pub struct VmDefinition {
     /// Test-only fault hook: the VM's UART model panics when the guest's console output
     /// contains this text (a device-model bug on demand). Debug builds only: a release
     /// build refuses to start a VM that sets it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub test_fault_on_console: Option<String>,
 }
 

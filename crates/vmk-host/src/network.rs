@@ -139,7 +139,11 @@ pub struct PortGroupDef {
     pub vlan: u16,
     #[serde(default)]
     pub security: SecurityDef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub shaping: Option<ShapingDef>,
 }
 
@@ -175,9 +179,17 @@ pub struct UplinkSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VSwitchUpdate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mtu: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub teaming: Option<TeamingDef>,
 }
 
@@ -185,16 +197,36 @@ pub struct VSwitchUpdate {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortGroupUpdate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vlan: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub promiscuous: Option<Policy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mac_changes: Option<Policy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub forged_transmits: Option<Policy>,
     /// New shaping (replaces the old one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub shaping: Option<ShapingDef>,
     /// Turns shaping off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -255,6 +255,7 @@ impl Host {
             HostLimits {
                 cpus: sysinfo::cpus(),
                 memory: sysinfo::memory(),
+                test_hooks: crate::validate::TEST_HOOKS,
             },
         )
     }

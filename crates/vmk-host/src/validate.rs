@@ -17,6 +17,10 @@ pub const APPEND_MAX: usize = 1024;
 pub const SHARES_MAX: u32 = 1_000_000;
 /// Longest `test_fault_on_console` text.
 const FAULT_TEXT_MAX: usize = 256;
+/// Whether this build can run `test_fault_on_console`: vmk-machine honours the hook in debug
+/// builds only (`Vm::new` refuses it otherwise), so a release host refuses it at create
+/// instead of storing a VM that can never start.
+pub const TEST_HOOKS: bool = cfg!(debug_assertions);
 
 /// What the host has, for the checks that depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +29,8 @@ pub struct HostLimits {
     pub cpus: u32,
     /// Physical memory of the host, in bytes.
     pub memory: u64,
+    /// Whether test hooks (`test_fault_on_console`) are accepted: [`TEST_HOOKS`].
+    pub test_hooks: bool,
 }
 
 fn invalid<T>(msg: String) -> Result<T, HostError> {
@@ -346,6 +352,12 @@ pub fn validate_definition(def: &VmDefinition, host: &HostLimits) -> Result<(), 
         }
     }
     if let Some(t) = &def.test_fault_on_console {
+        if !host.test_hooks {
+            return invalid(format!(
+                "VM '{name}': test_fault_on_console is a test hook of debug builds; this \
+                 release build cannot run it (remove the field)"
+            ));
+        }
         if t.is_empty() || t.len() > FAULT_TEXT_MAX {
             return invalid(format!(
                 "VM '{name}': test_fault_on_console must be 1 to {FAULT_TEXT_MAX} bytes"
@@ -365,6 +377,7 @@ mod tests {
     const HOST: HostLimits = HostLimits {
         cpus: 4,
         memory: 8 << 30,
+        test_hooks: true,
     };
 
     /// Asserts that `def` is refused with a message containing every one of `words`.
@@ -469,6 +482,7 @@ mod tests {
         let big = HostLimits {
             cpus: 4,
             memory: u64::MAX,
+            test_hooks: true,
         };
         let d = with(&|d| d.memory = ByteSize(2 << 40));
         assert!(
@@ -650,6 +664,16 @@ mod tests {
         refused(
             &with(&|d| d.test_fault_on_console = Some(String::new())),
             &["test_fault_on_console"],
+        );
+        // A build without test hooks refuses the hook itself, whatever its text.
+        let release = HostLimits {
+            test_hooks: false,
+            ..HOST
+        };
+        let d = with(&|d| d.test_fault_on_console = Some("BOOM".into()));
+        assert!(validate_definition(&d, &HOST).is_ok());
+        assert!(
+            matches!(validate_definition(&d, &release), Err(HostError::Invalid(m)) if m.contains("test_fault_on_console is a test hook of debug builds"))
         );
     }
 }

@@ -99,7 +99,10 @@ impl Checker {
             assert!(!s.is_null(), "dangling $ref {r}");
             return self.check(&s, v, name, at);
         }
-        if let Some(alts) = schema["oneOf"].as_array() {
+        if let Some(alts) = schema["oneOf"]
+            .as_array()
+            .filter(|_| schema["type"].is_null())
+        {
             let mut errors = Vec::new();
             let mut matched = 0;
             for (i, alt) in alts.clone().iter().enumerate() {
@@ -149,6 +152,16 @@ impl Checker {
                 "{at}: {actual} {v} where the document says {types:?}"
             ));
         }
+        // Constraints beside the type: exactly one `oneOf` alternative holds (alternatives
+        // that only say what is required or not, as Boot's).
+        if let Some(alts) = schema["oneOf"].as_array() {
+            let n = alts.iter().filter(|a| holds(a, v)).count();
+            if n != 1 {
+                return Err(format!(
+                    "{at}: {v} satisfies {n} of the oneOf constraints of {owner}, not 1"
+                ));
+            }
+        }
         match v {
             Value::Number(n) => {
                 if let (Some(min), Some(x)) = (schema["minimum"].as_i64(), n.as_i64()) {
@@ -156,9 +169,29 @@ impl Checker {
                         return Err(format!("{at}: {x} < minimum {min}"));
                     }
                 }
+                if let (Some(max), Some(x)) = (schema["maximum"].as_u64(), n.as_u64()) {
+                    if x > max {
+                        return Err(format!("{at}: {x} > maximum {max}"));
+                    }
+                }
+                Ok(())
+            }
+            Value::String(text) => {
+                let len = text.chars().count() as u64;
+                if schema["minLength"].as_u64().is_some_and(|m| len < m)
+                    || schema["maxLength"].as_u64().is_some_and(|m| len > m)
+                {
+                    return Err(format!("{at}: {v} has a length outside {schema}"));
+                }
                 Ok(())
             }
             Value::Array(items) => {
+                if schema["maxItems"]
+                    .as_u64()
+                    .is_some_and(|m| items.len() as u64 > m)
+                {
+                    return Err(format!("{at}: more than maxItems"));
+                }
                 for (i, item) in items.iter().enumerate() {
                     self.check(&schema["items"], item, owner, &format!("{at}[{i}]"))?;
                 }
@@ -197,6 +230,20 @@ impl Checker {
     }
 }
 
+/// Whether `v` satisfies a constraint-only schema: `required`, `not`, `anyOf`.
+fn holds(c: &Value, v: &Value) -> bool {
+    let required = c["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|r| r.as_str().is_some_and(|r| v.get(r).is_some()));
+    let not = c.get("not").is_none_or(|n| !holds(n, v));
+    let any = c["anyOf"]
+        .as_array()
+        .is_none_or(|alts| alts.iter().any(|a| holds(a, v)));
+    required && not && any
+}
+
 fn full_definition() -> VmDefinition {
     VmDefinition {
         name: "web1".into(),
@@ -204,7 +251,7 @@ fn full_definition() -> VmDefinition {
         memory: ByteSize(1 << 30),
         autostart: true,
         boot: Boot {
-            image: Some("/img".into()),
+            image: None,
             kernel: Some("/k".into()),
             initrd: Some("/i".into()),
             append: Some("console=ttyS0".into()),
@@ -215,7 +262,7 @@ fn full_definition() -> VmDefinition {
             serial: Some("SER1".into()),
         }],
         nics: vec![NicDef {
-            portgroup: "VM Network".into(),
+            portgroup: "vm-network".into(),
             mac: Some("02:00:00:00:00:01".into()),
         }],
         resources: Resources {
@@ -445,7 +492,10 @@ fn schemas_match_serde() {
     c.valid("Error", &json!({"error": "x"}));
     // The other spellings a client may send validate too.
     c.valid("ByteSize", &json!("512M"));
-    c.valid("VmDefinition", &json!({"name": "a", "boot": {}}));
+    c.valid(
+        "VmDefinition",
+        &json!({"name": "a", "boot": {"image": "/i"}}),
+    );
 
     let unused: Vec<_> = c.documented.difference(&c.used).collect();
     assert!(
@@ -807,4 +857,116 @@ fn network_hostile_input_is_refused() {
     );
     let (got, msg) = send("DELETE", "/v1/vswitches/sw0", "");
     assert_eq!((got, msg.contains("port groups (p)")), (409, true), "{msg}");
+}
+
+/// The limits in the document are the server's (validate.rs, vmk-machine's layout, the API
+/// and network constants), so generated clients and fuzzers refuse what the server refuses.
+#[test]
+fn the_document_states_the_servers_limits() {
+    use vmk_host::validate::{APPEND_MAX, MAX_CPUS, SERIAL_MAX, SHARES_MAX};
+    use vmk_machine::layout::{MAX_RAM, MIN_RAM, VIRTIO_SLOTS};
+    let doc = doc();
+    let s = &doc["components"]["schemas"];
+    let vd = &s["VmDefinition"]["properties"];
+    assert_eq!(vd["cpus"]["minimum"], 1);
+    assert_eq!(vd["cpus"]["maximum"], MAX_CPUS);
+    assert_eq!(vd["memory"]["oneOf"][0]["minimum"], MIN_RAM);
+    assert_eq!(vd["memory"]["oneOf"][0]["maximum"], MAX_RAM);
+    assert_eq!(vd["disk"]["maxItems"], VIRTIO_SLOTS);
+    assert_eq!(vd["nic"]["maxItems"], VIRTIO_SLOTS);
+    assert_eq!(s["Boot"]["properties"]["append"]["maxLength"], APPEND_MAX);
+    assert_eq!(
+        s["DiskDef"]["properties"]["serial"]["maxLength"],
+        SERIAL_MAX
+    );
+    assert_eq!(s["Shares"]["oneOf"][1]["minimum"], 1);
+    assert_eq!(s["Shares"]["oneOf"][1]["maximum"], SHARES_MAX);
+    assert_eq!(
+        s["StopRequest"]["properties"]["timeout_secs"]["maximum"],
+        vmk_host::api::STOP_TIMEOUT_MAX_SECS
+    );
+
+    // Every name has validate_name's pattern and length, every interface name
+    // check_ifname's.
+    let name_pattern = format!("^[A-Za-z0-9_][A-Za-z0-9._-]{{0,{}}}$", NAME_MAX - 1);
+    let if_pattern = format!("^[A-Za-z0-9_][A-Za-z0-9._-]{{0,{}}}$", IFNAME_MAX - 1);
+    let mut names = vec![
+        vd["name"].clone(),
+        s["NicDef"]["properties"]["portgroup"].clone(),
+        s["VSwitchDef"]["properties"]["name"].clone(),
+        s["PortGroupDef"]["properties"]["name"].clone(),
+        s["PortGroupDef"]["properties"]["vswitch"].clone(),
+    ];
+    let mut ifnames = vec![
+        s["UplinkSpec"]["properties"]["name"].clone(),
+        s["TeamingDef"]["properties"]["active"]["items"].clone(),
+        s["TeamingDef"]["properties"]["standby"]["items"].clone(),
+    ];
+    for (_, item) in doc["paths"].as_object().unwrap() {
+        for p in item["parameters"].as_array().into_iter().flatten() {
+            match p["name"].as_str().unwrap() {
+                "uplink" => ifnames.push(p["schema"].clone()),
+                _ => names.push(p["schema"].clone()),
+            }
+        }
+    }
+    for (schemas, pattern, max) in [
+        (names, &name_pattern, NAME_MAX),
+        (ifnames, &if_pattern, IFNAME_MAX),
+    ] {
+        for n in schemas {
+            assert_eq!(n["pattern"], pattern.as_str(), "{n}");
+            assert_eq!(n["minLength"], 1, "{n}");
+            assert_eq!(n["maxLength"], max, "{n}");
+        }
+    }
+    // The pattern, spelled out, is what validate_name checks.
+    let pattern_says = |n: &str| {
+        let class = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        let first = n.chars().next();
+        first.is_some_and(|c| class(c) && c != '.' && c != '-')
+            && n.chars().all(class)
+            && n.len() <= NAME_MAX
+    };
+    let long = "a".repeat(NAME_MAX);
+    let too_long = "a".repeat(NAME_MAX + 1);
+    for n in [
+        "web1", "_x", "A.b-c_d", "9", "", ".x", "-x", "a b", "a/b", "é", &long, &too_long,
+    ] {
+        assert_eq!(validate_name("VM", n).is_ok(), pattern_says(n), "{n:?}");
+    }
+
+    // Boot's oneOf is the server's rule: exactly one of image and kernel, initrd only with
+    // a kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).unwrap();
+    for f in [
+        vmk_host::machine::IMAGE_KERNEL,
+        vmk_host::machine::IMAGE_INITRD,
+    ] {
+        std::fs::write(image.join(f), b"x").unwrap();
+    }
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let limits = vmk_host::validate::HostLimits {
+        cpus: 2,
+        memory: 1 << 30,
+        test_hooks: true,
+    };
+    for (img, kernel, initrd) in (0..8).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0)) {
+        let boot = Boot {
+            image: img.then(|| image.clone()),
+            kernel: kernel.then(|| file.clone()),
+            initrd: initrd.then(|| file.clone()),
+            append: None,
+        };
+        let v = serde_json::to_value(&boot).unwrap();
+        let alts = s["Boot"]["oneOf"].as_array().unwrap();
+        let documented = alts.iter().filter(|a| holds(a, &v)).count() == 1;
+        let mut d = minimal_def("b");
+        d.boot = boot;
+        let server = vmk_host::validate::validate_definition(&d, &limits);
+        assert_eq!(documented, server.is_ok(), "{v}: {server:?}");
+    }
 }

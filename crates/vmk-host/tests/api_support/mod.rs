@@ -46,15 +46,20 @@ pub fn config(dir: &Path) -> HostConfig {
 
 /// The fake host served on a Unix socket only.
 pub fn start() -> Env {
-    start_with(false)
+    start_with(false, vmk_host::api::BODY_READ_TIMEOUT)
 }
 
 /// The fake host served on a Unix socket and on 127.0.0.1 (a free port) with [`TOKEN`].
 pub fn start_with_tcp() -> Env {
-    start_with(true)
+    start_with(true, vmk_host::api::BODY_READ_TIMEOUT)
 }
 
-fn start_with(tcp: bool) -> Env {
+/// The fake host on a Unix socket and TCP, with `body_timeout` for request bodies.
+pub fn start_with_body_timeout(body_timeout: std::time::Duration) -> Env {
+    start_with(true, body_timeout)
+}
+
+fn start_with(tcp: bool, body_timeout: std::time::Duration) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     if tcp {
@@ -64,7 +69,7 @@ fn start_with(tcp: bool) -> Env {
         });
     }
     let host = Arc::new(FakeHost::default());
-    let server = TestServer::start(host.clone(), &cfg).unwrap();
+    let server = TestServer::start_with_body_timeout(host.clone(), &cfg, body_timeout).unwrap();
     let client = Client::unix(server.socket());
     Env {
         dir,
