@@ -771,8 +771,10 @@ fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
 }
 
 /// The runner thread of one power-on session: build, run, and again after a reboot.
-/// `lease` holds the NICs' MACs for the whole session (reboots included); they are
-/// released when the runner ends.
+/// `lease` holds the NICs' MACs for the whole session (reboots included). Everything the
+/// session holds (the machine with its switch ports and disk locks, the MAC lease) is
+/// released *before* the VM shows stopped: whoever waits for that may start this VM or
+/// another on the same MAC or disk at once.
 fn runner(
     e: Arc<VmEntry>,
     def: VmDefinition,
@@ -786,6 +788,7 @@ fn runner(
             Ok(p) => p,
             Err(err) => {
                 let f = BuildFailure::Internal(format!("cannot start the console thread: {err}"));
+                drop(lease);
                 finish_session(
                     &e,
                     ExitInfo::Crashed {
@@ -803,6 +806,7 @@ fn runner(
             Ok(built) => built,
             Err(f) => {
                 drop(pump);
+                drop(lease);
                 finish_session(
                     &e,
                     ExitInfo::Crashed {
@@ -874,6 +878,9 @@ fn runner(
         if restart {
             continue;
         }
+        // (The machine itself, with its switch ports and disks, ended with its run.)
+        drop(ctl);
+        drop(lease);
         // A reboot the host did not carry out (stop, poweroff) counts as a host power-off.
         finish_session(&e, exit.unwrap_or(ExitInfo::Killed), Some(stats));
         return;
