@@ -76,7 +76,7 @@ def describe_git():
                              capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain",
                                 "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
+                               check=False, capture_output=True, text=True).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -180,7 +180,7 @@ def ensure_image(vmk, name, script, packages=(), rebuild=False, timeout=None):
     print(f"image: building {out}", flush=True)
     t = time.monotonic()
     try:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, timeout=timeout)
+        r = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, timeout=timeout)
     except subprocess.TimeoutExpired:
         sys.exit(f"bench: error: `{' '.join(cmd)}` timed out after {timeout:.0f} s")
     if r.returncode != 0:

@@ -82,18 +82,19 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import (  # noqa: E402 (shared with the other benchmark)
+from benchlib import (
     REPO,
     busy_cores,
     children_cpu,
     cpu_jiffies,
     describe_git,
     ensure_image,
-    locate_vms,
     load,
+    locate_vms,
     run_console,
     wait_idle,
 )
+
 APPEND = "console=ttyS0 earlycon=sbi"
 READY = "vmk-guest: ready"
 EXIT_STATUS = "vmk-guest: exit-status "
@@ -128,7 +129,7 @@ def before_run(args):
 
 
 def parse_size(s):
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", s, re.I)
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", s, re.IGNORECASE)
     if not m:
         raise argparse.ArgumentTypeError(f"'{s}' is not a size (examples: 512M, 2G)")
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
@@ -143,7 +144,8 @@ def fmt_size(n):
 
 def version_line(cmd):
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                             timeout=30).stdout
         return out.splitlines()[0] if out else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -220,11 +222,11 @@ def make_source(work, qemu_img, size, data, chunk, seed, timeout):
             f.write(rng.randbytes(chunk))
     cmd = [qemu_img, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse",
            str(raw), str(vmdk)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         die(f"making the source: `{' '.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}")
     r = subprocess.run([qemu_img, "compare", "-f", "raw", "-F", "vmdk", str(raw), str(vmdk)],
-                       capture_output=True, text=True, timeout=timeout)
+                       check=False, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         die(f"making the source: {vmdk} differs from {raw}: {r.stdout.strip()} "
             f"{r.stderr.strip()}")
@@ -281,7 +283,8 @@ def verify(qemu_img, src, dst, fmt, timeout, log_path):
     with open(log_path, "a") as log:
         for cmd in cmds:
             try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                r = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                                   timeout=timeout)
             except subprocess.TimeoutExpired:
                 raise RunError(f"VERIFY: `{' '.join(cmd)}` timed out")
             log.write(f"# {' '.join(cmd)} -> {r.returncode}\n{r.stdout}{r.stderr}")

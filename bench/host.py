@@ -98,7 +98,8 @@ def bench_vmk(vmk, image, n, memory, settle, timeout):
     sock = tmp / "vmk.sock"
     cfg = tmp / "host.toml"
     cfg.write_text(f'dir = "{tmp / "host"}"\nsocket = "{sock}"\n')
-    log = open(tmp / "host.log", "wb")
+    # Open for the daemon's whole life; closed with it below.
+    log = open(tmp / "host.log", "wb")  # noqa: SIM115
     host = subprocess.Popen([str(vmk), "host", "start", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -218,7 +219,7 @@ def main():
     rows = []
     for n in counts:
         for who in ("vmk", "QEMU"):
-            waited, busy = wait_idle(args.wait_idle)
+            _waited, busy = wait_idle(args.wait_idle)
             if busy >= 0.25:
                 print(f"  (host still busy: {busy:.2f} CPUs used by others)")
             if who == "vmk":

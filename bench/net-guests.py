@@ -68,7 +68,8 @@ def bench_vmk(vmk, image, secs, memory, timeout):
     sock = tmp / "vmk.sock"
     cfg = tmp / "host.toml"
     cfg.write_text(f'dir = "{tmp / "host"}"\nsocket = "{sock}"\n')
-    log = open(tmp / "host.log", "wb")
+    # Open for the daemon's whole life; closed with it below.
+    log = open(tmp / "host.log", "wb")  # noqa: SIM115
     host = subprocess.Popen([str(vmk), "host", "start", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -129,7 +130,7 @@ NO_OFFLOAD = ",csum=off,guest_csum=off,gso=off,host_tso4=off,host_tso6=off,host_
 
 def bench_qemu(qemu, image, secs, memory, timeout, offload=True):
     ns = f"vmk-bench-net-{os.getpid()}"
-    subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "netns", "del", ns], check=False, stderr=subprocess.DEVNULL)
     sh("ip", "netns", "add", ns)
     procs = []
     try:
@@ -180,7 +181,7 @@ def bench_qemu(qemu, image, secs, memory, timeout, offload=True):
             except ProcessLookupError:
                 pass
             p.wait()
-        subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", ns], check=False, stderr=subprocess.DEVNULL)
 
 
 def main():
