@@ -173,6 +173,81 @@ impl VcpuSignal {
     }
 }
 
+/// The unit of volatile guest-memory copies: 16 bytes (an SSE2 register) on x86-64, which
+/// copies as fast as `copy_nonoverlapping` (13 GiB/s here; 8-byte units managed 5-7).
+#[cfg(target_arch = "x86_64")]
+type CopyUnit = std::arch::x86_64::__m128i;
+#[cfg(not(target_arch = "x86_64"))]
+type CopyUnit = u64;
+const COPY_UNIT: usize = std::mem::size_of::<CopyUnit>();
+
+/// Copies `dst.len()` bytes of guest RAM at `src` into `dst`.
+///
+/// Why volatile, not `copy_nonoverlapping`: guest RAM is memory shared with code the
+/// compiler cannot see — other vCPU threads and compiled guest code store to it at any
+/// time, and the guest may change a buffer while a device copies it. A plain copy lets the
+/// compiler assume nobody else writes the source during the copy (it may read a byte
+/// twice, or split and merge reads), and a racing plain access is undefined behaviour in
+/// Rust's model. Volatile accesses are each performed exactly once, as in rust-vmm's
+/// vm-memory (`VolatileSlice`); aligned [`CopyUnit`]s keep it fast. A racing guest store
+/// may be seen or not, per unit: what DMA on real hardware gives, and what virtio drivers
+/// allow for (they publish buffers with barriers before notifying).
+///
+/// # Safety
+/// `src..src + dst.len()` must be readable guest RAM that stays mapped during the call.
+unsafe fn copy_from_guest(src: *const u8, dst: &mut [u8]) {
+    let len = dst.len();
+    let mut i = 0;
+    // Byte by byte up to the first aligned guest address, then whole units.
+    while i < len && !(src as usize + i).is_multiple_of(COPY_UNIT) {
+        // SAFETY: i < len: in the guest range the caller vouches for.
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+    while len - i >= COPY_UNIT {
+        // SAFETY: the read is in range (a unit is left) and aligned (the loop above); the
+        // write goes to `dst`, which has a unit left at `i` (unaligned write of a Copy type).
+        unsafe {
+            let w = std::ptr::read_volatile(src.add(i) as *const CopyUnit);
+            std::ptr::write_unaligned(dst.as_mut_ptr().add(i) as *mut CopyUnit, w);
+        }
+        i += COPY_UNIT;
+    }
+    while i < len {
+        // SAFETY: i < len.
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+}
+
+/// Copies `src` into guest RAM at `dst`, with volatile stores (see [`copy_from_guest`]).
+///
+/// # Safety
+/// `dst..dst + src.len()` must be writable guest RAM that stays mapped during the call.
+unsafe fn copy_to_guest(src: &[u8], dst: *mut u8) {
+    let len = src.len();
+    let mut i = 0;
+    while i < len && !(dst as usize + i).is_multiple_of(COPY_UNIT) {
+        // SAFETY: i < len: in the guest range the caller vouches for.
+        unsafe { std::ptr::write_volatile(dst.add(i), src[i]) };
+        i += 1;
+    }
+    while len - i >= COPY_UNIT {
+        // SAFETY: `src` has a unit left at `i` (unaligned read of a Copy type); the guest
+        // write is in range and aligned (the loop above).
+        unsafe {
+            let w = std::ptr::read_unaligned(src.as_ptr().add(i) as *const CopyUnit);
+            std::ptr::write_volatile(dst.add(i) as *mut CopyUnit, w);
+        }
+        i += COPY_UNIT;
+    }
+    while i < len {
+        // SAFETY: i < len.
+        unsafe { std::ptr::write_volatile(dst.add(i), src[i]) };
+        i += 1;
+    }
+}
+
 /// Guest physical memory of one VM: RAM ranges, MMIO ranges and the page map.
 pub struct GuestMemory {
     ram: Vec<RamRegion>,
@@ -379,19 +454,22 @@ impl GuestMemory {
         self.lookup(gpa, write)
     }
 
-    /// Copies guest memory at `gpa` into `buf` (for loaders and device DMA).
+    /// Copies guest memory at `gpa` into `buf` (for loaders and device DMA). Other vCPUs
+    /// may write the same bytes meanwhile: each byte read is one of the values it had.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.for_each_chunk(gpa, buf.len() as u64, false, |host, off, len| {
-            // SAFETY: `host` points at `len` valid bytes of one guest frame.
-            unsafe { std::ptr::copy_nonoverlapping(host, buf[off..off + len].as_mut_ptr(), len) };
+            // SAFETY: `host` points at `len` readable bytes of one guest frame, which stays
+            // mapped while `self` lives; `buf[off..off + len]` is ours alone.
+            unsafe { copy_from_guest(host, &mut buf[off..off + len]) };
         })
     }
 
     /// Copies `buf` into guest memory at `gpa` (for loaders and device DMA).
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
         self.for_each_chunk(gpa, buf.len() as u64, true, |host, off, len| {
-            // SAFETY: `host` points at `len` writable bytes of one guest frame.
-            unsafe { std::ptr::copy_nonoverlapping(buf[off..off + len].as_ptr(), host, len) };
+            // SAFETY: `host` points at `len` writable bytes of one guest frame, which stays
+            // mapped while `self` lives.
+            unsafe { copy_to_guest(&buf[off..off + len], host) };
         })
     }
 
@@ -541,6 +619,36 @@ mod tests {
         let mut back = vec![0u8; data.len()];
         m.read(0x8000_0ff0, &mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    /// Every alignment of start and length on both sides of the word-wise copies, against a
+    /// byte model of guest memory (read back through a different alignment than written).
+    #[test]
+    fn copies_at_every_alignment_match_a_byte_model() {
+        let m = mem();
+        let base = 0x8000_0000u64;
+        let span = 3 * 4096 + 64;
+        let mut model: Vec<u8> = (0..span).map(|i| (i * 31 + 7) as u8).collect();
+        m.write(base, &model).unwrap();
+        let mut seed = 0x9E37_79B9u32;
+        for start in 0..24u64 {
+            for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 4095, 4096, 4097, 8200] {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let at = 4090 - 16 + start;
+                let data: Vec<u8> = (0..len).map(|i| (i as u32 ^ seed) as u8).collect();
+                m.write(base + at, &data).unwrap();
+                model[at as usize..at as usize + len].copy_from_slice(&data);
+                let from = at.saturating_sub(start % 5);
+                let n = len + (start % 5) as usize + (start % 3) as usize;
+                let mut back = vec![0xAAu8; n];
+                m.read(base + from, &mut back).unwrap();
+                assert_eq!(
+                    back,
+                    &model[from as usize..from as usize + n],
+                    "write at {at:#x} len {len}, read at {from:#x} len {n}"
+                );
+            }
+        }
     }
 
     #[test]
