@@ -23,6 +23,7 @@
 //! is fine.
 
 mod bus;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod layout;
 mod plic;

@@ -95,7 +95,7 @@
 //!
 //! Every [`VmdkError`] names the file and the byte offset (descriptor: the line) of what is
 //! wrong, and no input makes this crate panic: the header, descriptor and grain table
-//! parsers are fuzzed ([`fuzzing`], `fuzz/`).
+//! parsers are fuzzed (the `fuzzing` module, built for tests and the `fuzzing` feature; `fuzz/`).
 
 mod check;
 mod convert;
@@ -107,6 +107,7 @@ mod disk;
 mod error;
 mod file;
 pub mod format;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod sparse;
 pub mod storage;

@@ -23,6 +23,7 @@ mod file;
 pub mod format;
 mod fs;
 pub mod fsck;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod lease;
 mod nbd;

@@ -72,7 +72,9 @@ mod mmio;
 pub mod net;
 pub mod queue;
 
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod net_fuzzing;
 
 #[cfg(test)]
