@@ -211,19 +211,3 @@ impl BlockDevice for MemDevice {
         "memory".into()
     }
 }
-
-/// Opens a volume named the way users name it (the CLI's DEV, the host configuration's
-/// `device`): a file or block device, `nbd:HOST:PORT[/EXPORT]` or `nbd+unix:SOCKET`.
-pub fn open_device(spec: &str, read_only: bool) -> Result<Box<dyn BlockDevice>> {
-    if let Some(rest) = spec.strip_prefix("nbd+unix:") {
-        return Ok(Box::new(crate::nbd::NbdDevice::connect_unix(
-            rest.as_ref(),
-            "",
-        )?));
-    }
-    if let Some(rest) = spec.strip_prefix("nbd:") {
-        let (addr, export) = rest.split_once('/').unwrap_or((rest, ""));
-        return Ok(Box::new(crate::nbd::NbdDevice::connect_tcp(addr, export)?));
-    }
-    Ok(Box::new(FileDevice::open(Path::new(spec), read_only)?))
-}

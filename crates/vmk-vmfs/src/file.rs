@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{LockMode, Result, VmfsError};
 use crate::format::*;
-use crate::fs::{Inner, PtrCache, Res, Stat, UNLOCKED_READ_ATTEMPTS};
+use crate::inner::{Inner, PtrCache, Res, Stat, UNLOCKED_READ_ATTEMPTS};
 use crate::paxos::Held;
 
 /// Blocks allocated ahead of a write that extends a file, at least...

@@ -25,20 +25,21 @@ mod fs;
 pub mod fsck;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod inner;
 mod lease;
 mod nbd;
+mod open;
 mod paxos;
 mod volume;
 
-pub use device::{open_device, BlockDevice, FileDevice, MemDevice};
+pub use device::{BlockDevice, FileDevice, MemDevice};
 pub use error::{LockMode, Result, VmfsError};
 pub use file::{FileOptions, VmfsFile, PREALLOC, PREALLOC_MAX};
-pub use fs::{
-    parse_path, CreateOptions, Datastore, DirListing, HostInfo, MountOptions, Stat, Usage,
-    VolumeInfo,
-};
+pub use fs::{CreateOptions, Datastore, DirListing, HostInfo, MountOptions, Usage, VolumeInfo};
 pub use fsck::{Finding, FsckReport};
+pub use inner::{parse_path, Stat};
 pub use nbd::NbdDevice;
+pub use open::open_device;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]

@@ -18,26 +18,13 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use vmk_vmfs::{BlockDevice, Datastore, FileOptions, LockMode, MountOptions, VmfsError};
-
-fn open_dev(spec: &str) -> Result<Box<dyn BlockDevice>, VmfsError> {
-    if let Some(rest) = spec.strip_prefix("nbd+unix:") {
-        return Ok(Box::new(vmk_vmfs::NbdDevice::connect_unix(
-            rest.as_ref(),
-            "",
-        )?));
-    }
-    if let Some(rest) = spec.strip_prefix("nbd:") {
-        return Ok(Box::new(vmk_vmfs::NbdDevice::connect_tcp(rest, "")?));
-    }
-    Ok(Box::new(vmk_vmfs::FileDevice::open(spec.as_ref(), false)?))
-}
+use vmk_vmfs::{Datastore, FileOptions, LockMode, MountOptions, VmfsError};
 
 fn mount(spec: &str, host: u32) -> Result<Datastore, VmfsError> {
     // No fdatasync: the hosts of a test share one page cache, and what is tested is a
     // process crash, which the page cache survives.
     Datastore::mount(
-        open_dev(spec)?,
+        vmk_vmfs::open_device(spec, false)?,
         &MountOptions {
             host_id: Some(host),
             sync: false,
