@@ -4,13 +4,15 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use crate::descriptor::NO_PARENT;
 use crate::disk::{open_parts, store_descriptor, Kind};
 use crate::error::VmdkError;
 use crate::file::CrashSwitch;
 use crate::format::{decode_u32s, encode_u32s, Gte, SECTOR};
 use crate::sparse::SparseExtent;
-use crate::storage::Store;
+use crate::storage::{Storage, Store};
 use crate::{OpenMode, Vmdk};
 
 /// What `check` found.
@@ -540,4 +542,21 @@ fn check_sparse(sp: &mut SparseExtent, ctx: &mut Ctx<'_>) -> Result<(), VmdkErro
         );
     }
     Ok(())
+}
+
+impl Vmdk {
+    /// Checks the disk at `path` (which must not be open elsewhere) and, with `repair`,
+    /// repairs what a crash can leave: see [`CheckReport`] and the crate documentation.
+    pub fn check(path: &Path, repair: bool) -> Result<CheckReport, VmdkError> {
+        check(path, repair, &None)
+    }
+
+    /// [`Vmdk::check`] of a disk on `storage`.
+    pub fn check_on(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        repair: bool,
+    ) -> Result<CheckReport, VmdkError> {
+        check(path, repair, &Some(storage))
+    }
 }

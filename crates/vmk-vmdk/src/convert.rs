@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::create;
-use crate::descriptor::{Access, ExtentLine, ExtentType};
+use crate::descriptor::{looks_like_descriptor, Access, ExtentLine, ExtentType};
 use crate::disk::BlockKind;
 use crate::error::VmdkError;
 use crate::file::{CrashSwitch, ImageFile};
@@ -51,17 +51,6 @@ pub fn detect_format(path: &Path) -> Result<DiskFormat, VmdkError> {
         }
     }
     Ok(DiskFormat::Raw)
-}
-
-/// Text naming a createType (or starting like a descriptor), possibly padded with NULs (as
-/// qemu-img convert leaves it): anything else with NUL bytes is a binary image.
-pub(crate) fn looks_like_descriptor(buf: &[u8]) -> bool {
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    let (text, pad) = buf.split_at(end);
-    pad.iter().all(|&b| b == 0)
-        && !text.is_empty()
-        && (text.starts_with(b"# Disk DescriptorFile")
-            || text.windows(10).any(|w| w == b"createType"))
 }
 
 enum Source {

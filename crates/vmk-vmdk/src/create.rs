@@ -7,16 +7,10 @@ use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT};
 use crate::disk::{random_cid, set_geometry, write_file_atomic};
 use crate::error::VmdkError;
 use crate::file::{CrashSwitch, ImageFile};
-use crate::format::{
-    encode_u32s, SparseHeader, FLAG_NL_DETECT, FLAG_RGD, FLAG_ZERO_GRAIN, MAX_SPARSE_SECTORS,
-    SECTOR,
-};
-use crate::storage::Store;
+use crate::format::{MAX_SPARSE_SECTORS, SECTOR};
+use crate::sparse::write_sparse_extent;
+use crate::storage::{Storage, Store};
 use crate::{CreateOptions, OpenMode, Subformat, Vmdk};
-
-/// Sectors reserved for an embedded descriptor (at least), as VMware and QEMU do.
-const EMBEDDED_DESCRIPTOR_SECTORS: u64 = 20;
-const GTES_PER_GT: u64 = 512;
 
 /// `dir/stem` and `.ext` of a disk path, for naming its extent files.
 pub(crate) fn name_parts(path: &Path) -> (PathBuf, String, String) {
@@ -256,94 +250,22 @@ fn make_files(
     f.sync()
 }
 
-/// Writes a new hosted sparse extent of `sectors` with all its grain tables (left as holes),
-/// in the layout VMware and QEMU use: header, descriptor, redundant grain directory and
-/// tables, grain directory and tables, grains from a grain boundary on.
-pub(crate) fn write_sparse_extent(
-    path: &Path,
-    sectors: u64,
-    grain_sectors: u64,
-    descriptor: Option<&str>,
-    zeroed_grain: bool,
-    crash: &Arc<CrashSwitch>,
-    store: &Store,
-) -> Result<ImageFile, VmdkError> {
-    // A sparse extent grows as grains are written: no size hint (thin on a datastore).
-    let f = ImageFile::create_on(store, path, 0, crash)?;
-    let h = sparse_layout(
-        sectors,
-        grain_sectors,
-        descriptor.map_or(0, str::len),
-        zeroed_grain,
-    );
-    let n = h.gd_entries();
-    let gt_sectors = h.gt_sectors();
-    f.write_at(0, &h.encode(), "writing the header")?;
-    if let Some(text) = descriptor {
-        let mut b = text.as_bytes().to_vec();
-        b.resize((h.descriptor_size * SECTOR) as usize, 0);
-        f.write_at(
-            h.descriptor_offset * SECTOR,
-            &b,
-            "writing the embedded descriptor",
-        )?;
+impl Vmdk {
+    /// Creates a disk (all its files; none may exist) and opens it read-write.
+    pub fn create(path: &Path, opts: &crate::CreateOptions) -> Result<Vmdk, VmdkError> {
+        create(path, opts, &None)?;
+        Vmdk::open(path, OpenMode::ReadWrite)
     }
-    let gd_sectors = (n * 4).div_ceil(SECTOR);
-    let dir = |first_table: u64| -> Vec<u8> {
-        let v: Vec<u32> = (0..n)
-            .map(|i| (first_table + i * gt_sectors) as u32)
-            .collect();
-        encode_u32s(&v)
-    };
-    f.write_at(
-        h.rgd_offset * SECTOR,
-        &dir(h.rgd_offset + gd_sectors),
-        "writing the redundant grain directory",
-    )?;
-    f.write_at(
-        h.gd_offset * SECTOR,
-        &dir(h.gd_offset + gd_sectors),
-        "writing the grain directory",
-    )?;
-    f.set_len(h.overhead * SECTOR)?;
-    f.sync()?;
-    Ok(f)
-}
 
-/// The header of a new sparse extent.
-pub(crate) fn sparse_layout(
-    sectors: u64,
-    grain_sectors: u64,
-    descriptor_len: usize,
-    zeroed_grain: bool,
-) -> SparseHeader {
-    let per_gt = GTES_PER_GT * grain_sectors;
-    let n = sectors.div_ceil(per_gt);
-    let gt_sectors = (GTES_PER_GT * 4).div_ceil(SECTOR);
-    let gd_sectors = (n * 4).div_ceil(SECTOR);
-    let (desc_off, desc_size) = if descriptor_len > 0 {
-        (
-            1,
-            EMBEDDED_DESCRIPTOR_SECTORS.max((descriptor_len as u64).div_ceil(SECTOR) + 4),
-        )
-    } else {
-        (0, 0)
-    };
-    let rgd = 1 + desc_size;
-    let gd = rgd + gd_sectors + n * gt_sectors;
-    let end = gd + gd_sectors + n * gt_sectors;
-    SparseHeader {
-        version: if zeroed_grain { 2 } else { 1 },
-        flags: FLAG_NL_DETECT | FLAG_RGD | if zeroed_grain { FLAG_ZERO_GRAIN } else { 0 },
-        capacity: sectors,
-        grain_size: grain_sectors,
-        descriptor_offset: desc_off,
-        descriptor_size: desc_size,
-        num_gtes_per_gt: GTES_PER_GT as u32,
-        rgd_offset: rgd,
-        gd_offset: gd,
-        overhead: end.div_ceil(grain_sectors) * grain_sectors,
-        unclean_shutdown: false,
-        compress_algorithm: 0,
+    /// [`Vmdk::create`] on `storage`. Flat extents are created with their full size as the
+    /// storage's size hint (a datastore may allocate them eagerly), sparse ones grow.
+    pub fn create_on(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        opts: &crate::CreateOptions,
+    ) -> Result<Vmdk, VmdkError> {
+        let store = Some(storage);
+        create(path, opts, &store)?;
+        Vmdk::open_store(path, OpenMode::ReadWrite, &store)
     }
 }

@@ -375,6 +375,17 @@ fn parse_extent(line: &str, access: Access) -> Result<ExtentLine, DescriptorProb
     })
 }
 
+/// Text naming a createType (or starting like a descriptor), possibly padded with NULs (as
+/// qemu-img convert leaves it): anything else with NUL bytes is a binary image.
+pub(crate) fn looks_like_descriptor(buf: &[u8]) -> bool {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let (text, pad) = buf.split_at(end);
+    pad.iter().all(|&b| b == 0)
+        && !text.is_empty()
+        && (text.starts_with(b"# Disk DescriptorFile")
+            || text.windows(10).any(|w| w == b"createType"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

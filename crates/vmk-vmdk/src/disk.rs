@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use crate::check::{self, CheckReport};
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT};
 use crate::error::{DescriptorProblem, VmdkError};
 use crate::file::{CrashSwitch, ImageFile, Lock};
 use crate::format::{COWD_MAGIC, MAGIC, MAX_DESCRIPTOR_BYTES, SECTOR};
 use crate::sparse::{SparseExtent, Src};
 use crate::storage::{Storage, Store};
-use crate::{create, ExtentInfo, ExtentKind, OpenMode, Subformat, VmdkInfo, DEFAULT_SPLIT_SIZE};
+use crate::{ExtentInfo, ExtentKind, OpenMode, Subformat, VmdkInfo, DEFAULT_SPLIT_SIZE};
 
 /// Deepest chain of delta disks vmk follows.
 const MAX_PARENT_DEPTH: usize = 32;
@@ -212,7 +211,7 @@ pub(crate) fn open_parts(
     }
     let mut buf = vec![0u8; len as usize];
     f.read_exact_at(0, &mut buf, "reading the descriptor")?;
-    let text = crate::convert::looks_like_descriptor(&buf);
+    let text = crate::descriptor::looks_like_descriptor(&buf);
     if !text {
         return Err(VmdkError::NotVmdk {
             path: path.to_path_buf(),
@@ -553,39 +552,6 @@ impl Vmdk {
         Ok(disk)
     }
 
-    /// Creates a disk (all its files; none may exist) and opens it read-write.
-    pub fn create(path: &Path, opts: &crate::CreateOptions) -> Result<Vmdk, VmdkError> {
-        create::create(path, opts, &None)?;
-        Vmdk::open(path, OpenMode::ReadWrite)
-    }
-
-    /// [`Vmdk::create`] on `storage`. Flat extents are created with their full size as the
-    /// storage's size hint (a datastore may allocate them eagerly), sparse ones grow.
-    pub fn create_on(
-        storage: Arc<dyn Storage>,
-        path: &Path,
-        opts: &crate::CreateOptions,
-    ) -> Result<Vmdk, VmdkError> {
-        let store = Some(storage);
-        create::create(path, opts, &store)?;
-        Vmdk::open_store(path, OpenMode::ReadWrite, &store)
-    }
-
-    /// Checks the disk at `path` (which must not be open elsewhere) and, with `repair`,
-    /// repairs what a crash can leave: see [`CheckReport`] and the crate documentation.
-    pub fn check(path: &Path, repair: bool) -> Result<CheckReport, VmdkError> {
-        check::check(path, repair, &None)
-    }
-
-    /// [`Vmdk::check`] of a disk on `storage`.
-    pub fn check_on(
-        storage: Arc<dyn Storage>,
-        path: &Path,
-        repair: bool,
-    ) -> Result<CheckReport, VmdkError> {
-        check::check(path, repair, &Some(storage))
-    }
-
     /// Capacity in bytes.
     pub fn size(&self) -> u64 {
         self.capacity
@@ -876,7 +842,7 @@ impl Vmdk {
         );
         let epath = resolve(&self.path, &name);
         let f = if kind == ExtentType::Sparse {
-            create::write_sparse_extent(
+            crate::sparse::write_sparse_extent(
                 &epath,
                 size / SECTOR,
                 grain / SECTOR,

@@ -212,7 +212,7 @@ mod tests {
     }
 
     fn valid_header() -> Vec<u8> {
-        let h = crate::create::sparse_layout(1 << 21, 128, 300, true);
+        let h = crate::sparse::sparse_layout(1 << 21, 128, 300, true);
         let mut v = h.encode().to_vec();
         v.extend_from_slice(&(1u64 << 20).to_le_bytes());
         v
