@@ -1,5 +1,6 @@
 //! Control and status registers, traps, interrupts and privilege changes.
 
+use crate::csr_addr;
 use crate::{Exit, FatalError, Hart, PrivMode, TLB_GEN_MAX};
 use std::sync::atomic::Ordering;
 
@@ -306,38 +307,40 @@ impl Hart {
     /// Reads a CSR without privilege checks.
     pub(crate) fn csr_read(&self, csr: u16) -> Result<u64, CsrIllegal> {
         Ok(match csr {
-            0x001 => self.fflags,
-            0x002 => self.frm,
-            0x003 => (self.frm << 5) | self.fflags,
-            0xc00 | 0xb00 => self.instret.wrapping_add(self.cycle_offset),
-            0xc01 => self.time(),
-            0xc02 | 0xb02 => self.instret,
+            csr_addr::FFLAGS => self.fflags,
+            csr_addr::FRM => self.frm,
+            csr_addr::FCSR => (self.frm << 5) | self.fflags,
+            csr_addr::CYCLE | csr_addr::MCYCLE => self.instret.wrapping_add(self.cycle_offset),
+            csr_addr::TIME => self.time(),
+            csr_addr::INSTRET | csr_addr::MINSTRET => self.instret,
             0xc03..=0xc1f | 0xb03..=0xb1f | 0x323..=0x33f => 0,
-            0x100 => self.mstatus_read() & (SSTATUS_MASK | MS_UXL_SXL | MS_SD) & !(3 << 34),
-            0x104 => self.mie & self.mideleg,
-            0x105 => self.stvec,
-            0x106 => self.scounteren,
-            0x10a => self.senvcfg,
-            0x140 => self.sscratch,
-            0x141 => self.sepc,
-            0x142 => self.scause,
-            0x143 => self.stval,
-            0x144 => self.mip() & self.mideleg,
-            0x180 => self.satp,
-            0x300 => self.mstatus_read(),
-            0x301 => crate::csr::MISA,
-            0x302 => self.medeleg,
-            0x303 => self.mideleg,
-            0x304 => self.mie,
-            0x305 => self.mtvec,
-            0x306 => self.mcounteren,
-            0x30a => self.menvcfg,
-            0x320 => self.mcountinhibit,
-            0x340 => self.mscratch,
-            0x341 => self.mepc,
-            0x342 => self.mcause,
-            0x343 => self.mtval,
-            0x344 => self.mip(),
+            csr_addr::SSTATUS => {
+                self.mstatus_read() & (SSTATUS_MASK | MS_UXL_SXL | MS_SD) & !(3 << 34)
+            }
+            csr_addr::SIE => self.mie & self.mideleg,
+            csr_addr::STVEC => self.stvec,
+            csr_addr::SCOUNTEREN => self.scounteren,
+            csr_addr::SENVCFG => self.senvcfg,
+            csr_addr::SSCRATCH => self.sscratch,
+            csr_addr::SEPC => self.sepc,
+            csr_addr::SCAUSE => self.scause,
+            csr_addr::STVAL => self.stval,
+            csr_addr::SIP => self.mip() & self.mideleg,
+            csr_addr::SATP => self.satp,
+            csr_addr::MSTATUS => self.mstatus_read(),
+            csr_addr::MISA => crate::csr::MISA,
+            csr_addr::MEDELEG => self.medeleg,
+            csr_addr::MIDELEG => self.mideleg,
+            csr_addr::MIE => self.mie,
+            csr_addr::MTVEC => self.mtvec,
+            csr_addr::MCOUNTEREN => self.mcounteren,
+            csr_addr::MENVCFG => self.menvcfg,
+            csr_addr::MCOUNTINHIBIT => self.mcountinhibit,
+            csr_addr::MSCRATCH => self.mscratch,
+            csr_addr::MEPC => self.mepc,
+            csr_addr::MCAUSE => self.mcause,
+            csr_addr::MTVAL => self.mtval,
+            csr_addr::MIP => self.mip(),
             0x3a0..=0x3af => {
                 let n = (csr - 0x3a0) as usize;
                 if n % 2 == 1 {
@@ -346,8 +349,8 @@ impl Hart {
                 self.pmpcfg[n / 2]
             }
             0x3b0..=0x3ef => self.pmpaddr[(csr - 0x3b0) as usize],
-            0xf11..=0xf13 | 0xf15 => 0,
-            0xf14 => self.cfg.hart_id,
+            0xf11..=0xf13 | csr_addr::MCONFIGPTR => 0,
+            csr_addr::MHARTID => self.cfg.hart_id,
             _ => return Err(CsrIllegal),
         })
     }
@@ -355,21 +358,21 @@ impl Hart {
     /// Writes a CSR without privilege checks.
     pub(crate) fn csr_write(&mut self, csr: u16, v: u64) -> Result<(), CsrIllegal> {
         match csr {
-            0x001 => {
+            csr_addr::FFLAGS => {
                 self.fflags = v & 0x1f;
                 self.set_fs_dirty();
             }
-            0x002 => {
+            csr_addr::FRM => {
                 self.frm = v & 7;
                 self.set_fs_dirty();
             }
-            0x003 => {
+            csr_addr::FCSR => {
                 self.fflags = v & 0x1f;
                 self.frm = (v >> 5) & 7;
                 self.set_fs_dirty();
             }
-            0xb00 => self.cycle_offset = v.wrapping_sub(self.instret),
-            0xb02 => {
+            csr_addr::MCYCLE => self.cycle_offset = v.wrapping_sub(self.instret),
+            csr_addr::MINSTRET => {
                 let delta = v.wrapping_sub(self.instret);
                 // Keep cycle unchanged while instret moves.
                 self.cycle_offset = self.cycle_offset.wrapping_sub(delta);
@@ -377,31 +380,31 @@ impl Hart {
                 self.instret = v;
             }
             0xb03..=0xb1f | 0x323..=0x33f => {}
-            0x100 => {
+            csr_addr::SSTATUS => {
                 let m = (self.mstatus & !SSTATUS_MASK) | (v & SSTATUS_MASK);
                 self.mstatus_write(m);
             }
-            0x104 => {
+            csr_addr::SIE => {
                 self.mie = (self.mie & !self.mideleg) | (v & self.mideleg);
                 self.local_attention = true;
             }
-            0x105 => {
+            csr_addr::STVEC => {
                 if v & 3 < 2 {
                     self.stvec = v;
                 }
             }
-            0x106 => self.scounteren = v & 0xffff_ffff,
-            0x10a => self.senvcfg = v & 1,
-            0x140 => self.sscratch = v,
-            0x141 => self.sepc = v & !1,
-            0x142 => self.scause = v,
-            0x143 => self.stval = v,
-            0x144 => {
+            csr_addr::SCOUNTEREN => self.scounteren = v & 0xffff_ffff,
+            csr_addr::SENVCFG => self.senvcfg = v & 1,
+            csr_addr::SSCRATCH => self.sscratch = v,
+            csr_addr::SEPC => self.sepc = v & !1,
+            csr_addr::SCAUSE => self.scause = v,
+            csr_addr::STVAL => self.stval = v,
+            csr_addr::SIP => {
                 let m = self.mideleg & (1 << 1);
                 self.mip_sw = (self.mip_sw & !m) | (v & m);
                 self.local_attention = true;
             }
-            0x180 => {
+            csr_addr::SATP => {
                 let mode = v >> 60;
                 if mode == 0 || mode == 8 || mode == 9 {
                     // ASIDs are accepted (16 bits) but the TLB is not tagged with them: any
@@ -410,30 +413,30 @@ impl Hart {
                     self.flush_tlb();
                 }
             }
-            0x300 => self.mstatus_write(v),
-            0x301 => {}
-            0x302 => self.medeleg = v & DELEGABLE_EXC,
-            0x303 => {
+            csr_addr::MSTATUS => self.mstatus_write(v),
+            csr_addr::MISA => {}
+            csr_addr::MEDELEG => self.medeleg = v & DELEGABLE_EXC,
+            csr_addr::MIDELEG => {
                 self.mideleg = v & S_INTS;
                 self.local_attention = true;
             }
-            0x304 => {
+            csr_addr::MIE => {
                 self.mie = v & ALL_INTS;
                 self.local_attention = true;
             }
-            0x305 => {
+            csr_addr::MTVEC => {
                 if v & 3 < 2 {
                     self.mtvec = v;
                 }
             }
-            0x306 => self.mcounteren = v & 0xffff_ffff,
-            0x30a => self.menvcfg = v & 1,
-            0x320 => self.mcountinhibit = v & 0xffff_fffd,
-            0x340 => self.mscratch = v,
-            0x341 => self.mepc = v & !1,
-            0x342 => self.mcause = v,
-            0x343 => self.mtval = v,
-            0x344 => {
+            csr_addr::MCOUNTEREN => self.mcounteren = v & 0xffff_ffff,
+            csr_addr::MENVCFG => self.menvcfg = v & 1,
+            csr_addr::MCOUNTINHIBIT => self.mcountinhibit = v & 0xffff_fffd,
+            csr_addr::MSCRATCH => self.mscratch = v,
+            csr_addr::MEPC => self.mepc = v & !1,
+            csr_addr::MCAUSE => self.mcause = v,
+            csr_addr::MTVAL => self.mtval = v,
+            csr_addr::MIP => {
                 self.mip_sw = (self.mip_sw & !S_INTS) | (v & S_INTS);
                 self.local_attention = true;
             }

@@ -29,6 +29,7 @@
 //!   still returns from `run` when its slice is over.
 
 mod csr;
+pub mod csr_addr;
 mod decode;
 mod exec;
 pub mod fpu;
@@ -234,18 +235,6 @@ impl HartHandle {
     pub fn signal(&self) -> &Arc<VcpuSignal> {
         &self.shared.signal
     }
-}
-
-/// The operations a hypervisor needs from any vCPU backend (this interpreter, or KVM on hosts
-/// with hardware virtualization).
-pub trait Vcpu: Send {
-    fn run(&mut self, budget: u64) -> Exit;
-    fn complete_mmio_read(&mut self, value: u64);
-    fn pc(&self) -> u64;
-    fn set_pc(&mut self, pc: u64);
-    fn reg(&self, i: usize) -> u64;
-    fn set_reg(&mut self, i: usize, v: u64);
-    fn handle(&self) -> HartHandle;
 }
 
 /// Load whose value comes from an MMIO exit.
@@ -853,30 +842,6 @@ impl Hart {
                 (ns * self.cfg.timebase_hz as u128 / 1_000_000_000) as u64
             }
         }
-    }
-}
-
-impl Vcpu for Hart {
-    fn run(&mut self, budget: u64) -> Exit {
-        Hart::run(self, budget)
-    }
-    fn complete_mmio_read(&mut self, value: u64) {
-        Hart::complete_mmio_read(self, value)
-    }
-    fn pc(&self) -> u64 {
-        Hart::pc(self)
-    }
-    fn set_pc(&mut self, pc: u64) {
-        Hart::set_pc(self, pc)
-    }
-    fn reg(&self, i: usize) -> u64 {
-        Hart::reg(self, i)
-    }
-    fn set_reg(&mut self, i: usize, v: u64) {
-        Hart::set_reg(self, i, v)
-    }
-    fn handle(&self) -> HartHandle {
-        Hart::handle(self)
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vmk_cpu::{
-    Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
+    csr_addr, Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
 };
 use vmk_devices::virtio::{NetBackend, NetConfig, NetWaker, VirtioNet};
 use vmk_devices::{
@@ -531,14 +531,14 @@ impl Vm {
             );
             // The hypervisor is the M-mode firmware: delegate everything it can to S-mode,
             // as OpenSBI does, and let S-mode read the counters.
-            h.set_csr(0x302, 0xb1ff);
-            h.set_csr(0x303, 0x222);
-            h.set_csr(0x306, 0xffff_ffff);
+            h.set_csr(csr_addr::MEDELEG, 0xb1ff);
+            h.set_csr(csr_addr::MIDELEG, 0x222);
+            h.set_csr(csr_addr::MCOUNTEREN, 0xffff_ffff);
             // As OpenSBI does: user mode may read cycle, time and instret unless the kernel
             // says otherwise (Linux's legacy PMU driver relies on this; the vDSO and glibc
             // read `time` directly).
-            h.set_csr(0x106, 0x7);
-            h.set_csr(0x30a, 0);
+            h.set_csr(csr_addr::SCOUNTEREN, 0x7);
+            h.set_csr(csr_addr::MENVCFG, 0);
             harts.push(h);
         }
         harts[0].set_pc(RAM_BASE + kernel.entry_offset);
@@ -876,8 +876,8 @@ fn vcpu_loop(s: Arc<Shared>, id: usize, mut hart: Hart) {
             }
             HsmState::StartPending { addr, opaque } => {
                 hart.set_priv_mode(PrivMode::Supervisor);
-                hart.set_csr(0x180, 0);
-                hart.set_csr(0x100, 0); // sstatus: SIE off
+                hart.set_csr(csr_addr::SATP, 0);
+                hart.set_csr(csr_addr::SSTATUS, 0); // SIE off
                 hart.set_pc(addr);
                 hart.set_reg(10, id as u64);
                 hart.set_reg(11, opaque);

@@ -1,0 +1,41 @@
+//! CSR numbers (RISC-V privileged spec, "CSR Listing"), for the CSRs this vCPU implements:
+//! what the machine setup names instead of raw numbers, and what `csr.rs` matches on.
+
+pub const FFLAGS: u16 = 0x001;
+pub const FRM: u16 = 0x002;
+pub const FCSR: u16 = 0x003;
+pub const SSTATUS: u16 = 0x100;
+pub const SIE: u16 = 0x104;
+pub const STVEC: u16 = 0x105;
+pub const SCOUNTEREN: u16 = 0x106;
+pub const SENVCFG: u16 = 0x10a;
+pub const SSCRATCH: u16 = 0x140;
+pub const SEPC: u16 = 0x141;
+pub const SCAUSE: u16 = 0x142;
+pub const STVAL: u16 = 0x143;
+pub const SIP: u16 = 0x144;
+pub const SATP: u16 = 0x180;
+pub const MSTATUS: u16 = 0x300;
+pub const MISA: u16 = 0x301;
+pub const MEDELEG: u16 = 0x302;
+pub const MIDELEG: u16 = 0x303;
+pub const MIE: u16 = 0x304;
+pub const MTVEC: u16 = 0x305;
+pub const MCOUNTEREN: u16 = 0x306;
+pub const MENVCFG: u16 = 0x30a;
+pub const MCOUNTINHIBIT: u16 = 0x320;
+pub const MSCRATCH: u16 = 0x340;
+pub const MEPC: u16 = 0x341;
+pub const MCAUSE: u16 = 0x342;
+pub const MTVAL: u16 = 0x343;
+pub const MIP: u16 = 0x344;
+pub const MCYCLE: u16 = 0xb00;
+pub const MINSTRET: u16 = 0xb02;
+pub const CYCLE: u16 = 0xc00;
+pub const TIME: u16 = 0xc01;
+pub const INSTRET: u16 = 0xc02;
+pub const MVENDORID: u16 = 0xf11;
+pub const MARCHID: u16 = 0xf12;
+pub const MIMPID: u16 = 0xf13;
+pub const MHARTID: u16 = 0xf14;
+pub const MCONFIGPTR: u16 = 0xf15;
