@@ -36,20 +36,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::model::{validate_name, HostApi, HostConfig, HostError};
+use vmk_api::model::{
+    validate_name, HostConfig, HostError, StopRequest, STOP_TIMEOUT_DEFAULT_SECS,
+    STOP_TIMEOUT_MAX_SECS,
+};
+
+use crate::host_api::HostApi;
 
 /// Largest request body accepted (413 above).
 pub const BODY_LIMIT: usize = 1 << 20;
-/// `POST /v1/vms/{name}/stop` without a body waits this long before powering off.
-pub const STOP_TIMEOUT_DEFAULT_SECS: u64 = 30;
-/// Longest stop timeout a request may ask for.
-pub const STOP_TIMEOUT_MAX_SECS: u64 = 3600;
 /// `GET /v1/vms/{name}/console/log` without `max_bytes` returns this much.
 pub const CONSOLE_LOG_DEFAULT_BYTES: usize = 64 << 10;
 /// Most console log one request may ask for.
 pub const CONSOLE_LOG_MAX_BYTES: usize = 16 << 20;
-/// The `Upgrade` protocol name of the interactive console.
-pub const CONSOLE_PROTOCOL: &str = "vmk-console";
 /// Shortest bearer token accepted for the TCP API.
 pub const TOKEN_MIN_LEN: usize = 16;
 /// After the shutdown signal, how long requests in flight may take before they are dropped
@@ -749,19 +748,6 @@ fn query<T: DeserializeOwned>(parts_uri: &axum::http::Uri) -> Result<T, ApiErr> 
         .map_err(|e| ApiErr::bad_request(format!("bad query string: {}", e.body_text())))
 }
 
-/// The body of `POST /v1/vms/{name}/stop`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StopRequest {
-    /// Seconds the guest gets to shut down before it is powered off.
-    #[serde(
-        default,
-        deserialize_with = "crate::model::no_null",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout_secs: Option<u64>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsoleLogQuery {
@@ -881,7 +867,7 @@ async fn list_vms(State(s): State<AppState>) -> Result<Response, ApiErr> {
 
 async fn create_vm(
     State(s): State<AppState>,
-    JsonBody(def): JsonBody<crate::model::VmDefinition>,
+    JsonBody(def): JsonBody<vmk_api::model::VmDefinition>,
 ) -> Result<Response, ApiErr> {
     validate_name("VM", &def.name)?;
     let info = call(&s, move |h| h.create(def)).await?;

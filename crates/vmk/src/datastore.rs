@@ -17,7 +17,7 @@ use vmk_vmfs::{
 };
 
 use crate::CmdError;
-use vmk_host::model::parse_size;
+use vmk_api::model::parse_size;
 
 #[derive(Debug, Subcommand)]
 pub enum DatastoreCommand {

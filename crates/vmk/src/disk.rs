@@ -13,7 +13,7 @@ use vmk_vmfs::{Datastore, MountOptions};
 
 use crate::datastore::human;
 use crate::CmdError;
-use vmk_host::model::parse_size;
+use vmk_api::model::parse_size;
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use vmk_host::api::STOP_TIMEOUT_DEFAULT_SECS;
-use vmk_host::client::{Client, Console};
-use vmk_host::model::{ExitInfo, Shares, VmDefinition, VmInfo, VmState};
+use vmk_api::client::{Client, Console};
+use vmk_api::model::STOP_TIMEOUT_DEFAULT_SECS;
+use vmk_api::model::{ExitInfo, Shares, VmDefinition, VmInfo, VmState};
 
 use crate::host::ConnArgs;
 use crate::term::RawMode;
@@ -575,8 +575,8 @@ pub fn format_info(vm: &VmInfo, now: u64) -> String {
 mod tests {
     use super::*;
     use std::io::Cursor;
+    use vmk_api::model::HostConfig;
     use vmk_host::fake::{FakeHost, TestServer};
-    use vmk_host::model::HostConfig;
 
     struct Env {
         _dir: tempfile::TempDir,
