@@ -16,7 +16,7 @@ use vmk_vmfs::{
     BlockDevice, CreateOptions, Datastore, FileOptions, LockMode, MountOptions, VmfsError,
 };
 
-use crate::CmdError;
+use crate::error::CmdError;
 use vmk_api::model::parse_size;
 
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,7 @@ use vmk_vmdk::{convert, CreateOptions, ExtentKind, OpenMode, Subformat, Target, 
 use vmk_vmfs::{Datastore, MountOptions};
 
 use crate::datastore::human;
-use crate::CmdError;
+use crate::error::CmdError;
 use vmk_api::model::parse_size;
 
 #[derive(Debug, Subcommand)]

@@ -12,8 +12,8 @@ use vmk_api::model::{HostConfig, HostInfo};
 use vmk_host::host_api::HostApi;
 use vmk_host::runtime::Host;
 
-use crate::vm::{fmt_bytes, fmt_duration};
-use crate::CmdError;
+use crate::error::CmdError;
+use crate::fmt::{fmt_bytes, fmt_duration};
 
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {

@@ -10,8 +10,8 @@ use vmk_api::network::{
     TeamingDef, UplinkKind, UplinkSpec, VSwitchDef, VSwitchInfo, VSwitchUpdate,
 };
 
+use crate::error::CmdError;
 use crate::host::ConnArgs;
-use crate::CmdError;
 
 #[derive(Debug, Args)]
 pub struct VSwitchArgs {

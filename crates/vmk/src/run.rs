@@ -12,8 +12,8 @@ use vmk_host::console::StatusWatcher;
 use vmk_host::datastores::Datastores;
 use vmk_machine::{Console, Vm};
 
+use crate::error::CmdError;
 use crate::term::RawMode;
-use crate::CmdError;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -10,9 +10,9 @@ use clap::Args;
 use vmk_api::client::Client;
 use vmk_api::model::{HostMetrics, VmMetrics};
 
+use crate::error::CmdError;
+use crate::fmt::{fmt_bytes, fmt_duration, state_name};
 use crate::term::RawMode;
-use crate::vm::{fmt_bytes, fmt_duration, state_name};
-use crate::CmdError;
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
