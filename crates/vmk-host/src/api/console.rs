@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use vmk_api::model::CONSOLE_PROTOCOL;
 
-use super::{call, ApiErr, AppState, VmName};
+use super::http::{call, ApiErr, AppState, VmName};
 use crate::host_api::{ConsoleAttachment, ConsoleEvent, ConsoleInput};
 
 /// How often the pump thread looks whether the client is still there while the guest is

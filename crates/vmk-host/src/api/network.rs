@@ -13,7 +13,7 @@ use vmk_api::network::{
     check_ifname, PortGroupDef, PortGroupUpdate, UplinkSpec, VSwitchDef, VSwitchUpdate,
 };
 
-use super::{call, json, ApiErr, AppState, JsonBody};
+use super::http::{call, json, ApiErr, AppState, JsonBody};
 use crate::host_api::NetworkApi;
 
 /// The path's parameters by name, each checked: `vswitch` and `portgroup` as names,
