@@ -14,8 +14,12 @@
 //! Host calls may block on file I/O, so they run on tokio's blocking pool.
 
 mod console;
+mod http;
 mod network;
 pub mod prometheus;
+
+pub use http::BODY_LIMIT;
+use http::{call, json, query, ApiErr, AppState, JsonBody, OptionalJsonBody, VmName};
 
 use std::future::Future;
 use std::io;
@@ -24,32 +28,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::handler::Handler;
-use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::Router;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::model::{validate_name, HostApi, HostConfig, HostError};
+use vmk_api::model::{
+    validate_name, HostConfig, StopRequest, STOP_TIMEOUT_DEFAULT_SECS, STOP_TIMEOUT_MAX_SECS,
+};
 
-/// Largest request body accepted (413 above).
-pub const BODY_LIMIT: usize = 1 << 20;
-/// `POST /v1/vms/{name}/stop` without a body waits this long before powering off.
-pub const STOP_TIMEOUT_DEFAULT_SECS: u64 = 30;
-/// Longest stop timeout a request may ask for.
-pub const STOP_TIMEOUT_MAX_SECS: u64 = 3600;
+use crate::host_api::HostApi;
+
 /// `GET /v1/vms/{name}/console/log` without `max_bytes` returns this much.
 pub const CONSOLE_LOG_DEFAULT_BYTES: usize = 64 << 10;
 /// Most console log one request may ask for.
 pub const CONSOLE_LOG_MAX_BYTES: usize = 16 << 20;
-/// The `Upgrade` protocol name of the interactive console.
-pub const CONSOLE_PROTOCOL: &str = "vmk-console";
 /// Shortest bearer token accepted for the TCP API.
 pub const TOKEN_MIN_LEN: usize = 16;
 /// After the shutdown signal, how long requests in flight may take before they are dropped
@@ -466,302 +465,6 @@ async fn require_token(State(token): State<Arc<Token>>, req: Request, next: Next
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    host: Arc<dyn HostApi>,
-    /// Becomes true when the server shuts down (ends attached consoles).
-    shutdown: watch::Receiver<bool>,
-    /// See [`BODY_READ_TIMEOUT`].
-    body_timeout: Duration,
-}
-
-/// An error answer: `{"error": message}` with a status.
-#[derive(Debug)]
-struct ApiErr {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiErr {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiErr {
-        ApiErr {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> ApiErr {
-        ApiErr::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl From<HostError> for ApiErr {
-    fn from(e: HostError) -> ApiErr {
-        let status =
-            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiErr::new(status, e.to_string())
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
-impl IntoResponse for ApiErr {
-    fn into_response(self) -> Response {
-        json(
-            self.status,
-            &ErrorBody {
-                error: &self.message,
-            },
-        )
-    }
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            Body::from(body),
-        )
-            .into_response(),
-        // Only maps with non-string keys fail, and the model has none.
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot serialize the answer: {e}"),
-        )
-            .into_response(),
-    }
-}
-
-/// Runs a host call on the blocking pool (host calls may do file I/O). A panicking host call
-/// becomes a 500 and the server goes on.
-async fn call<T, F>(state: &AppState, f: F) -> Result<T, ApiErr>
-where
-    T: Send + 'static,
-    F: FnOnce(&dyn HostApi) -> Result<T, HostError> + Send + 'static,
-{
-    let host = state.host.clone();
-    tokio::task::spawn_blocking(move || f(&*host))
-        .await
-        .map_err(|e| {
-            ApiErr::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the host failed while answering this request ({e}); see its log"),
-            )
-        })?
-        .map_err(ApiErr::from)
-}
-
-/// A VM name from the path, checked with [`validate_name`] (after percent-decoding, so
-/// `%2F` is a `/` and refused).
-struct VmName(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for VmName {
-    type Rejection = ApiErr;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(name) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| {
-                    ApiErr::bad_request(format!("bad VM name in the path: {}", e.body_text()))
-                })?;
-        validate_name("VM", &name)?;
-        Ok(VmName(name))
-    }
-}
-
-/// Whether the request says its body is JSON (`application/json` or `application/*+json`,
-/// parameters such as `charset` allowed).
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Reads the body within [`BODY_LIMIT`] and the state's body timeout ([`BODY_READ_TIMEOUT`]).
-async fn body_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiErr> {
-    let timeout = state.body_timeout;
-    let read = tokio::time::timeout(timeout, Bytes::from_request(req, state))
-        .await
-        .map_err(|_| {
-            ApiErr::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {} s (is Content-Length right?)",
-                    timeout.as_secs_f64()
-                ),
-            )
-        })?;
-    read.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiErr::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than the limit of {BODY_LIMIT} bytes"),
-            )
-        } else {
-            ApiErr::new(
-                e.status(),
-                format!("cannot read the request body: {}", e.body_text()),
-            )
-        }
-    })
-}
-
-/// Parses a JSON body into `T` with serde's precise message and the path of the offending
-/// field. Anything after the value (a second value, garbage) is refused too. The body, and
-/// every value that becomes a struct, must be a JSON object: serde's derived structs also
-/// accept an array and fill the fields by position, which would get round the refusal of
-/// unknown fields (`[9000]` as a vSwitch update).
-fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, ApiErr> {
-    let raw: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
-    if !raw.is_object() {
-        return Err(ApiErr::bad_request(format!(
-            "the request body must be a JSON object ({{\"field\": value, ...}}), not {}",
-            json_kind(&raw)
-        )));
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ApiErr::bad_request(if path == "." {
-            format!("invalid JSON body: {inner}")
-        } else {
-            format!("invalid JSON body: {path}: {inner}")
-        })
-    })?;
-    de.end()
-        .map_err(|e| ApiErr::bad_request(format!("invalid JSON body: {e}")))?;
-    // What became a struct is an object when written back: where the request had an array
-    // there, it filled the struct by position.
-    let written = serde_json::to_value(&value).map_err(|e| {
-        ApiErr::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot check the request body: {e}"),
-        )
-    })?;
-    if let Some(path) = array_for_object(&raw, &written, String::new()) {
-        return Err(ApiErr::bad_request(format!(
-            "invalid JSON body: {path}: must be a JSON object, not an array"
-        )));
-    }
-    Ok(value)
-}
-
-/// The path of the first place where `sent` has an array and `parsed` an object.
-fn array_for_object(
-    sent: &serde_json::Value,
-    parsed: &serde_json::Value,
-    at: String,
-) -> Option<String> {
-    use serde_json::Value;
-    match (sent, parsed) {
-        (Value::Array(_), Value::Object(_)) => Some(at),
-        (Value::Object(s), Value::Object(p)) => s.iter().find_map(|(k, v)| {
-            let at = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            p.get(k).and_then(|pv| array_for_object(v, pv, at))
-        }),
-        (Value::Array(s), Value::Array(p)) => s
-            .iter()
-            .zip(p)
-            .enumerate()
-            .find_map(|(i, (sv, pv))| array_for_object(sv, pv, format!("{at}[{i}]"))),
-        _ => None,
-    }
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-fn unsupported_media_type() -> ApiErr {
-    ApiErr::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "the request body must be JSON with `Content-Type: application/json`",
-    )
-}
-
-/// A required JSON body.
-struct JsonBody<T>(T);
-
-impl<T: DeserializeOwned + Serialize> FromRequest<AppState> for JsonBody<T> {
-    type Rejection = ApiErr;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers()) {
-            return Err(unsupported_media_type());
-        }
-        let bytes = body_bytes(req, state).await?;
-        parse_json(&bytes).map(JsonBody)
-    }
-}
-
-/// An optional JSON body: an empty body is `None`.
-struct OptionalJsonBody<T>(Option<T>);
-
-impl<T: DeserializeOwned + Serialize> FromRequest<AppState> for OptionalJsonBody<T> {
-    type Rejection = ApiErr;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let json = is_json(req.headers());
-        let bytes = body_bytes(req, state).await?;
-        if bytes.is_empty() {
-            return Ok(OptionalJsonBody(None));
-        }
-        if !json {
-            return Err(unsupported_media_type());
-        }
-        parse_json(&bytes).map(|v| OptionalJsonBody(Some(v)))
-    }
-}
-
-/// Query parameters, refused with a JSON 400 when malformed or unknown.
-fn query<T: DeserializeOwned>(parts_uri: &axum::http::Uri) -> Result<T, ApiErr> {
-    Query::<T>::try_from_uri(parts_uri)
-        .map(|Query(q)| q)
-        .map_err(|e| ApiErr::bad_request(format!("bad query string: {}", e.body_text())))
-}
-
-/// The body of `POST /v1/vms/{name}/stop`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StopRequest {
-    /// Seconds the guest gets to shut down before it is powered off.
-    #[serde(
-        default,
-        deserialize_with = "crate::model::no_null",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout_secs: Option<u64>,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsoleLogQuery {
@@ -881,7 +584,7 @@ async fn list_vms(State(s): State<AppState>) -> Result<Response, ApiErr> {
 
 async fn create_vm(
     State(s): State<AppState>,
-    JsonBody(def): JsonBody<crate::model::VmDefinition>,
+    JsonBody(def): JsonBody<vmk_api::model::VmDefinition>,
 ) -> Result<Response, ApiErr> {
     validate_name("VM", &def.name)?;
     let info = call(&s, move |h| h.create(def)).await?;

@@ -17,7 +17,9 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::model::{ConsoleEvent, ExitInfo};
+use vmk_api::model::ExitInfo;
+
+use crate::host_api::ConsoleEvent;
 
 /// The console line that carries the exit status of an image's init script
 /// (`vmk-guest: exit-status N`, see `vmk_image::initscript`).

@@ -11,7 +11,7 @@ use vmk_machine::datastore::{DatastoreStorage, DsPath};
 use vmk_machine::{DiskStorage, VmConfig};
 use vmk_vmfs::{Datastore, MountOptions};
 
-use crate::model::{DatastoreConfig, DatastoreStatus, HostError, VmDefinition};
+use vmk_api::model::{DatastoreConfig, DatastoreStatus, HostError, VmDefinition};
 
 struct Entry {
     cfg: DatastoreConfig,

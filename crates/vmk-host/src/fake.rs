@@ -8,12 +8,13 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::api::{ApiError, Server};
-use crate::model::{
-    validate_name, ConsoleAttachment, ConsoleEvent, DiskMetrics, ExitInfo, HostApi, HostConfig,
-    HostError, HostInfo, HostMetrics, NicMetrics, VcpuMetrics, VmDefinition, VmInfo, VmMetrics,
-    VmState,
+use vmk_api::model::{
+    validate_name, DiskMetrics, ExitInfo, HostConfig, HostError, HostInfo, HostMetrics, NicMetrics,
+    VcpuMetrics, VmDefinition, VmInfo, VmMetrics, VmState,
 };
+
+use crate::api::{ApiError, Server};
+use crate::host_api::{ConsoleAttachment, ConsoleEvent, HostApi, NetworkApi};
 use crate::network::{memory_uplink_opener, vm_nic_info, Network};
 
 /// The fake host's CPUs and memory (what definitions are checked against).
@@ -399,8 +400,8 @@ impl HostApi for FakeHost {
         }
     }
 
-    fn network(&self) -> Option<Arc<Network>> {
-        Some(self.net.clone())
+    fn network(&self) -> Option<&dyn NetworkApi> {
+        Some(&*self.net)
     }
 }
 

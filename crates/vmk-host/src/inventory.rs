@@ -6,7 +6,7 @@
 //! <dir>/vms/<name>/console.log    the serial console, 1 MiB, then console.log.1
 //! ```
 //!
-//! Directory names are VM names, which [`crate::model::validate_name`] restricts to
+//! Directory names are VM names, which [`vmk_api::model::validate_name`] restricts to
 //! `[A-Za-z0-9._-]` (no `/`, no leading `.`), so a name never leaves `vms/`. Loading checks
 //! the directory name the same way and requires it to equal the definition's name.
 
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{validate_name, ExitInfo, VmDefinition};
+use vmk_api::model::{validate_name, ExitInfo, VmDefinition};
 
 pub const VMS_DIR: &str = "vms";
 pub const DEFINITION_FILE: &str = "vm.toml";
@@ -247,7 +247,7 @@ pub fn load_all(root: &Path) -> io::Result<(Vec<LoadedVm>, Vec<InventoryError>)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::*;
+    use vmk_api::model::*;
 
     fn full() -> VmDefinition {
         VmDefinition {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vmk_machine::{Console, DiskSpec, VmConfig, VmOutcome};
 
-use crate::model::{Boot, DiskDef, ExitInfo, VmDefinition};
+use vmk_api::model::{Boot, DiskDef, ExitInfo, VmDefinition};
 
 /// The kernel of an image directory built by `vmk image build`.
 pub const IMAGE_KERNEL: &str = "vmlinux";
@@ -99,7 +99,7 @@ pub fn exit_info(outcome: &VmOutcome, console_status: Option<i32>) -> Option<Exi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ByteSize;
+    use vmk_api::model::ByteSize;
 
     struct Null;
     impl Console for Null {

@@ -44,12 +44,13 @@ use vmk_machine::{Vm, VmController, VmOutcome, VmStats};
 
 use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
 use crate::datastores::Datastores;
+use crate::host_api::{ConsoleAttachment, ConsoleInput, HostApi, NetworkApi};
 use crate::inventory::{self, InventoryError, PersistedState};
 use crate::machine;
-use crate::model::*;
 use crate::network::{self, Network, NicLease, PortHandle};
 use crate::sysinfo;
 use crate::validate::{validate_definition, HostLimits};
+use vmk_api::model::*;
 
 /// How long `poweroff` and `reset` wait for the vCPU threads to end (they notice a stop
 /// within one run slice; a disk request in flight finishes first).
@@ -1094,8 +1095,8 @@ impl HostApi for Host {
         }
     }
 
-    fn network(&self) -> Option<Arc<Network>> {
-        Some(self.net.clone())
+    fn network(&self) -> Option<&dyn NetworkApi> {
+        Some(&*self.net)
     }
 }
 

@@ -2,6 +2,7 @@
 //! (see `testutil`); the Debian guest tests are in tests/runtime.rs.
 
 use super::*;
+use crate::host_api::ConsoleEvent;
 use crate::testutil::{def, kernel};
 use std::sync::Barrier;
 
@@ -563,7 +564,7 @@ fn datastore_disks_have_one_writer_across_hosts() {
 /// checked at create and at start, ports and MACs released when the VM ends.
 #[test]
 fn nics_connect_to_the_host_network() {
-    use crate::network::{PortGroupDef, SecurityDef, TeamingDef, VSwitchDef};
+    use vmk_api::network::{PortGroupDef, SecurityDef, TeamingDef, VSwitchDef};
     let tmp = tempfile::tempdir().unwrap();
     let k = kernel(tmp.path(), "idle", |a| {
         a.print("up\n").idle();
@@ -609,7 +610,7 @@ fn nics_connect_to_the_host_network() {
         assert!(info.nics[0].generated && generated.starts_with("02:56:4b:"));
         assert_eq!(info.nics[1].mac, "02:00:00:00:00:07");
         wait_state(&h, "a", VmState::Running);
-        let ports = net.ports();
+        let ports = net.info().ports;
         assert_eq!(ports.len(), 2, "{ports:?}");
         assert!(ports
             .iter()
@@ -634,7 +635,7 @@ fn nics_connect_to_the_host_network() {
         ));
         h.poweroff("a").unwrap();
         wait_state(&h, "a", VmState::Stopped);
-        assert!(net.ports().is_empty());
+        assert!(net.info().ports.is_empty());
         // a's MAC is free again: b starts.
         h.start("b").unwrap();
         h.poweroff("b").unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::model::{Boot, ByteSize, VmDefinition};
+use vmk_api::model::{Boot, ByteSize, VmDefinition};
 
 const T0: u32 = 5;
 const T1: u32 = 6;

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::machine::{IMAGE_INITRD, IMAGE_KERNEL};
-use crate::model::{validate_name, HostError, Shares, VmDefinition};
+use vmk_api::model::{validate_name, HostError, Shares, VmDefinition};
 
 /// vCPUs of one VM (vmk-machine's limit: one PLIC context pair per hart, 64 harts).
 pub const MAX_CPUS: u32 = 64;
@@ -370,9 +370,9 @@ pub fn validate_definition(def: &VmDefinition, host: &HostLimits) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ByteSize, DiskDef, NicDef, ShareLevel};
     use crate::testutil::{def, kernel};
     use std::path::PathBuf;
+    use vmk_api::model::{ByteSize, DiskDef, NicDef, ShareLevel};
 
     const HOST: HostLimits = HostLimits {
         cpus: 4,
@@ -451,7 +451,7 @@ mod tests {
         validate_definition(&d, &HOST).unwrap();
     }
 
-    use crate::model::Boot;
+    use vmk_api::model::Boot;
 
     #[test]
     fn each_rule_refuses_with_a_precise_message() {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api_support::*;
+use vmk_api::client::{Client, ClientError};
+use vmk_api::model::{ExitInfo, HostConfig, TcpApiConfig, VmState};
 use vmk_host::api::{ApiError, Server};
-use vmk_host::client::{Client, ClientError};
 use vmk_host::fake::{FakeHost, TestServer};
-use vmk_host::model::{ExitInfo, HostConfig, TcpApiConfig, VmState};
 
 #[test]
 fn socket_is_private_and_removed_at_shutdown() {
@@ -80,7 +80,7 @@ fn host_info_and_vm_lifecycle() {
         )
         .unwrap();
     assert_eq!(resp.status, 201, "{}", resp.error_message());
-    let vm: vmk_host::model::VmInfo = serde_json::from_slice(&resp.body).unwrap();
+    let vm: vmk_api::model::VmInfo = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(vm.state, VmState::Stopped);
     assert_eq!(vm.definition.memory.0, 256 << 20);
     c.create(&minimal_def("db")).unwrap();

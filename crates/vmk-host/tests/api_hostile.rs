@@ -11,8 +11,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use api_support::*;
-use vmk_host::client::{Client, Response};
-use vmk_host::model::VmState;
+use vmk_api::client::{Client, Response};
+use vmk_api::model::VmState;
 
 const JSON: &str = "application/json";
 
@@ -166,7 +166,7 @@ fn content_types_and_sizes() {
         "cpus",
     );
     d.cpus = 1;
-    d.memory = vmk_host::model::ByteSize(1 << 40);
+    d.memory = vmk_api::model::ByteSize(1 << 40);
     expect(
         &post(c, "/v1/vms", JSON, &serde_json::to_vec(&d).unwrap()),
         400,
@@ -472,7 +472,7 @@ fn bodies_must_be_json_objects() {
     let c = &env.client;
     c.create(&def("web1")).unwrap();
     c.start("web1").unwrap();
-    c.add_vswitch(&vmk_host::network::VSwitchDef {
+    c.add_vswitch(&vmk_api::network::VSwitchDef {
         name: "sw".into(),
         mtu: 1500,
         teaming: Default::default(),
@@ -558,7 +558,7 @@ fn null_is_not_a_value() {
     let c = &env.client;
     c.create(&def("web1")).unwrap();
     c.start("web1").unwrap();
-    c.add_vswitch(&vmk_host::network::VSwitchDef {
+    c.add_vswitch(&vmk_api::network::VSwitchDef {
         name: "sw".into(),
         mtu: 1500,
         teaming: Default::default(),

@@ -11,9 +11,10 @@ use std::io::{Read, Write};
 
 use api_support::*;
 use serde_json::{json, Value};
-use vmk_host::api::{routes, StopRequest};
-use vmk_host::model::*;
-use vmk_host::network::*;
+use vmk_api::model::StopRequest;
+use vmk_api::model::*;
+use vmk_api::network::*;
+use vmk_host::api::routes;
 
 fn doc() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api/openapi.json");
@@ -883,7 +884,7 @@ fn the_document_states_the_servers_limits() {
     assert_eq!(s["Shares"]["oneOf"][1]["maximum"], SHARES_MAX);
     assert_eq!(
         s["StopRequest"]["properties"]["timeout_secs"]["maximum"],
-        vmk_host::api::STOP_TIMEOUT_MAX_SECS
+        vmk_api::model::STOP_TIMEOUT_MAX_SECS
     );
 
     // Every name has validate_name's pattern and length, every interface name

@@ -33,8 +33,9 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use vmk_host::model::*;
-use vmk_host::network::*;
+use vmk_api::model::*;
+use vmk_api::network::*;
+use vmk_host::host_api::HostApi;
 use vmk_host::runtime::Host;
 
 const SCRIPT: &str = r#"
@@ -629,7 +630,8 @@ fn uplink_security_and_vlans() {
     );
     assert!(prom.contains(&line), "no '{line}' in\n{prom}");
     assert!(net
-        .ports()
+        .info()
+        .ports
         .iter()
         .any(|p| p.name == "a/eth0" && p.counters.mac == mac_a));
     barrier.answer("ok");

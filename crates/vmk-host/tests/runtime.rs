@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use vmk_host::model::*;
+use vmk_api::model::*;
+use vmk_host::host_api::{ConsoleEvent, HostApi};
 use vmk_host::runtime::Host;
 
 const SCRIPT: &str = r#"

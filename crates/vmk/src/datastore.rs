@@ -16,8 +16,8 @@ use vmk_vmfs::{
     BlockDevice, CreateOptions, Datastore, FileOptions, LockMode, MountOptions, VmfsError,
 };
 
-use crate::CmdError;
-use vmk_host::model::parse_size;
+use crate::error::CmdError;
+use vmk_api::model::parse_size;
 
 #[derive(Debug, Subcommand)]
 pub enum DatastoreCommand {

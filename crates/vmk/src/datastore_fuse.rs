@@ -22,7 +22,7 @@ use fuser::{
 };
 use vmk_vmfs::{Datastore, LockMode, Stat, VmfsError, VmfsFile};
 
-use crate::CmdError;
+use crate::error::CmdError;
 
 /// How long the kernel may cache attributes and entries: short, since hosts change the
 /// volume under us.

@@ -12,8 +12,8 @@ use vmk_vmdk::{convert, CreateOptions, ExtentKind, OpenMode, Subformat, Target, 
 use vmk_vmfs::{Datastore, MountOptions};
 
 use crate::datastore::human;
-use crate::CmdError;
-use vmk_host::model::parse_size;
+use crate::error::CmdError;
+use vmk_api::model::parse_size;
 
 #[derive(Debug, Subcommand)]
 pub enum DiskCommand {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use vmk_host::client::Client;
-use vmk_host::model::{HostApi, HostConfig, HostInfo};
+use vmk_api::client::Client;
+use vmk_api::model::{HostConfig, HostInfo};
+use vmk_host::host_api::HostApi;
 use vmk_host::runtime::Host;
 
-use crate::vm::{fmt_bytes, fmt_duration};
-use crate::CmdError;
+use crate::error::CmdError;
+use crate::fmt::{fmt_bytes, fmt_duration};
 
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
@@ -63,7 +64,7 @@ impl ConnArgs {
             (None, None) => Ok(Client::unix(
                 self.socket
                     .clone()
-                    .unwrap_or_else(vmk_host::model::default_socket),
+                    .unwrap_or_else(vmk_api::model::default_socket),
             )),
         }
     }
@@ -171,7 +172,7 @@ mod tests {
         .unwrap();
         let cfg = load_config(Some(&p)).unwrap();
         assert_eq!(cfg.dir, PathBuf::from("/srv/vmk"));
-        assert_eq!(cfg.socket, vmk_host::model::default_socket());
+        assert_eq!(cfg.socket, vmk_api::model::default_socket());
         assert_eq!(cfg.tcp.unwrap().listen, "127.0.0.1:7480");
 
         std::fs::write(&p, "dri = \"/srv\"\n").unwrap();
@@ -198,14 +199,14 @@ mod tests {
             uptime_secs: 1,
             dir: "/v".into(),
             datastores: vec![
-                vmk_host::model::DatastoreStatus {
+                vmk_api::model::DatastoreStatus {
                     name: "ds1".into(),
                     device: "/srv/ds1.img".into(),
                     state: "mounted".into(),
                     host_id: Some(2),
                     error: None,
                 },
-                vmk_host::model::DatastoreStatus {
+                vmk_api::model::DatastoreStatus {
                     name: "ds2".into(),
                     device: "/srv/none.img".into(),
                     state: "error".into(),
@@ -237,7 +238,7 @@ mod tests {
         };
         assert_eq!(
             c.client().unwrap().endpoint(),
-            &vmk_host::client::Endpoint::Unix("/run/vmk/vmk.sock".into())
+            &vmk_api::client::Endpoint::Unix("/run/vmk/vmk.sock".into())
         );
         let url_only = ConnArgs {
             url: Some("http://127.0.0.1:1".into()),
@@ -256,7 +257,7 @@ mod tests {
         };
         assert!(matches!(
             both.client().unwrap().endpoint(),
-            vmk_host::client::Endpoint::Tcp { .. }
+            vmk_api::client::Endpoint::Tcp { .. }
         ));
         let token_only = ConnArgs {
             token_file: Some("/t".into()),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use vmk_image::{AptOutput, ImageOptions, Progress};
 
-use crate::CmdError;
+use crate::error::CmdError;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {

@@ -11,6 +11,8 @@
 mod datastore;
 mod datastore_fuse;
 mod disk;
+mod error;
+mod fmt;
 mod host;
 mod image;
 mod net;
@@ -22,9 +24,6 @@ mod vm;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// The error type of every subcommand: printed as `vmk: error: ...`, exit status 1.
-pub type CmdError = Box<dyn std::error::Error>;
 
 #[derive(Debug, Parser)]
 #[command(

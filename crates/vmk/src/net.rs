@@ -4,14 +4,14 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
-use vmk_host::client::Client;
-use vmk_host::network::{
+use vmk_api::client::Client;
+use vmk_api::network::{
     NetworkInfo, Policy, PortGroupDef, PortGroupInfo, PortGroupUpdate, SecurityDef, ShapingDef,
     TeamingDef, UplinkKind, UplinkSpec, VSwitchDef, VSwitchInfo, VSwitchUpdate,
 };
 
+use crate::error::CmdError;
 use crate::host::ConnArgs;
-use crate::CmdError;
 
 #[derive(Debug, Args)]
 pub struct VSwitchArgs {
@@ -196,7 +196,7 @@ pub fn parse_shaping(s: &str) -> Result<ShapingDef, String> {
     Ok(ShapingDef {
         average_bps: parse_rate(avg)?,
         peak_bps: parse_rate(peak)?,
-        burst_bytes: vmk_host::model::parse_size(burst)?,
+        burst_bytes: vmk_api::model::parse_size(burst)?,
     })
 }
 
@@ -483,8 +483,8 @@ pub fn format_network(n: &NetworkInfo) -> String {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use vmk_api::model::HostConfig;
     use vmk_host::fake::{FakeHost, TestServer};
-    use vmk_host::model::HostConfig;
 
     #[test]
     fn shaping_parses() {

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use clap::Args;
-use vmk_host::console::StatusWatcher;
-use vmk_host::datastores::Datastores;
-use vmk_host::model::{
+use vmk_api::model::{
     parse_size, Boot, ByteSize, DatastoreConfig, DiskDef, ExitInfo, Resources, VmDefinition,
 };
+use vmk_host::console::StatusWatcher;
+use vmk_host::datastores::Datastores;
 use vmk_machine::{Console, Vm};
 
+use crate::error::CmdError;
 use crate::term::RawMode;
-use crate::CmdError;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

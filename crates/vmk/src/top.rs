@@ -7,12 +7,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use vmk_host::client::Client;
-use vmk_host::model::{HostMetrics, VmMetrics};
+use vmk_api::client::Client;
+use vmk_api::model::{HostMetrics, VmMetrics};
 
+use crate::error::CmdError;
+use crate::fmt::{fmt_bytes, fmt_duration, state_name};
 use crate::term::RawMode;
-use crate::vm::{fmt_bytes, fmt_duration, state_name};
-use crate::CmdError;
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -57,7 +57,7 @@ pub struct Rates {
 
 pub fn rates(prev: &VmMetrics, cur: &VmMetrics, dt: Duration) -> Rates {
     let secs = dt.as_secs_f64().max(1e-9);
-    let sum = |m: &VmMetrics, f: fn(&vmk_host::model::VcpuMetrics) -> u64| -> u64 {
+    let sum = |m: &VmMetrics, f: fn(&vmk_api::model::VcpuMetrics) -> u64| -> u64 {
         m.vcpus.iter().map(f).sum()
     };
     let disk = |m: &VmMetrics| -> (u64, u64) {
@@ -199,8 +199,8 @@ fn frames(
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use vmk_api::model::{DiskMetrics, HostConfig, HostInfo, VcpuMetrics, VmState};
     use vmk_host::fake::{FakeHost, TestServer};
-    use vmk_host::model::{DiskMetrics, HostConfig, HostInfo, VcpuMetrics, VmState};
 
     fn vm(name: &str, cpu_ns: u64, instret: u64, ops: u64, bytes: u64) -> VmMetrics {
         VmMetrics {

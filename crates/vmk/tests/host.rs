@@ -111,7 +111,7 @@ fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart
     assert!(reason.contains("panicked"), "{reason}");
 
     // The consoles were logged: the guests' own lines, and the crash stopped the third.
-    let client = vmk_host::client::Client::unix(&d.socket);
+    let client = vmk_api::client::Client::unix(&d.socket);
     let log_b = d.console("bravo");
     assert!(log_b.contains("vmk-guest: ready"), "{log_b}");
     assert!(log_b.contains("task says hello, will exit 3"), "{log_b}");

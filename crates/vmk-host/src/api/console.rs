@@ -17,8 +17,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::{call, ApiErr, AppState, VmName, CONSOLE_PROTOCOL};
-use crate::model::{ConsoleAttachment, ConsoleEvent, ConsoleInput};
+use vmk_api::model::CONSOLE_PROTOCOL;
+
+use super::http::{call, ApiErr, AppState, VmName};
+use crate::host_api::{ConsoleAttachment, ConsoleEvent, ConsoleInput};
 
 /// How often the pump thread looks whether the client is still there while the guest is
 /// silent.

@@ -3,17 +3,18 @@
 //! `..` and the like are refused with 400 before anything reaches the host).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::{request::Parts, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{call, json, ApiErr, AppState, JsonBody};
-use crate::model::{validate_name, HostError};
-use crate::network::{
-    check_ifname, Network, PortGroupDef, PortGroupUpdate, UplinkSpec, VSwitchDef, VSwitchUpdate,
+use vmk_api::model::{validate_name, HostError};
+use vmk_api::network::{
+    check_ifname, PortGroupDef, PortGroupUpdate, UplinkSpec, VSwitchDef, VSwitchUpdate,
 };
+
+use super::http::{call, json, ApiErr, AppState, JsonBody};
+use crate::host_api::NetworkApi;
 
 /// The path's parameters by name, each checked: `vswitch` and `portgroup` as names,
 /// `uplink` as an interface name.
@@ -56,11 +57,11 @@ fn no_network() -> HostError {
 async fn net<T, F>(s: &AppState, f: F) -> Result<T, ApiErr>
 where
     T: Send + 'static,
-    F: FnOnce(&Network) -> Result<T, HostError> + Send + 'static,
+    F: FnOnce(&dyn NetworkApi) -> Result<T, HostError> + Send + 'static,
 {
     call(s, move |h| {
-        let n: Arc<Network> = h.network().ok_or_else(no_network)?;
-        f(&n)
+        let n = h.network().ok_or_else(no_network)?;
+        f(n)
     })
     .await
 }

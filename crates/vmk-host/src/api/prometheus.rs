@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{HostMetrics, VmMetrics, VmState};
+use vmk_api::model::{HostMetrics, VmMetrics, VmState};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -104,7 +104,7 @@ fn disk_family(
     vms: &[VmMetrics],
     name: &'static str,
     help: &'static str,
-    get: fn(&crate::model::DiskMetrics) -> u64,
+    get: fn(&vmk_api::model::DiskMetrics) -> u64,
 ) {
     let mut f = family(out, name, "counter", help);
     for vm in vms {
@@ -127,7 +127,7 @@ fn nic_family(
     vms: &[VmMetrics],
     name: &'static str,
     help: &'static str,
-    get: fn(&crate::model::NicMetrics) -> u64,
+    get: fn(&vmk_api::model::NicMetrics) -> u64,
 ) {
     let mut f = family(out, name, "counter", help);
     for vm in vms {
@@ -402,15 +402,15 @@ pub fn render(m: &HostMetrics) -> String {
 
 /// The host network's uplinks (vNIC ports are in [`render`], per VM): appended to
 /// `/metrics` when the host has a network.
-pub fn render_network(n: &crate::network::NetworkInfo) -> String {
+pub fn render_network(n: &vmk_api::network::NetworkInfo) -> String {
     let mut out = String::new();
     let o = &mut out;
-    let uplinks: Vec<&crate::network::UplinkStatus> =
+    let uplinks: Vec<&vmk_api::network::UplinkStatus> =
         n.vswitches.iter().flat_map(|s| &s.uplinks).collect();
-    let labels = |u: &crate::network::UplinkStatus| {
+    let labels = |u: &vmk_api::network::UplinkStatus| {
         vec![("vswitch", u.vswitch.clone()), ("uplink", u.name.clone())]
     };
-    type Get = fn(&crate::network::UplinkStatus) -> u64;
+    type Get = fn(&vmk_api::network::UplinkStatus) -> u64;
     let gauges: [(&'static str, &'static str, Get); 2] = [
         (
             "vmk_uplink_link_up",
@@ -483,11 +483,12 @@ pub fn render_network(n: &crate::network::NetworkInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DiskMetrics, HostInfo, VcpuMetrics};
+    use vmk_api::model::{DiskMetrics, HostInfo, VcpuMetrics};
 
     #[test]
     fn uplinks() {
-        use crate::network::*;
+        use crate::network::{memory_uplink_opener, Network};
+        use vmk_api::network::*;
         let n = Network::open(None, memory_uplink_opener()).unwrap().0;
         n.add_vswitch(VSwitchDef {
             name: "sw0".into(),

@@ -9,9 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vmk_host::client::Client;
+use vmk_api::client::Client;
+use vmk_api::model::{Boot, HostConfig, TcpApiConfig, VmDefinition};
 use vmk_host::fake::{FakeHost, TestServer};
-use vmk_host::model::{Boot, HostConfig, TcpApiConfig, VmDefinition};
 
 pub const TOKEN: &str = "s3cret-token-0123456789";
 
@@ -101,7 +101,7 @@ pub fn minimal_def(name: &str) -> VmDefinition {
     VmDefinition {
         name: name.into(),
         cpus: 1,
-        memory: vmk_host::model::ByteSize(64 << 20),
+        memory: vmk_api::model::ByteSize(64 << 20),
         autostart: false,
         boot: Boot {
             kernel: Some("/k".into()),

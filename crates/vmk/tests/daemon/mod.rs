@@ -99,7 +99,7 @@ impl Daemon {
 
     /// The last MiB of the VM's console log.
     pub fn console(&self, name: &str) -> String {
-        let c = vmk_host::client::Client::unix(&self.socket);
+        let c = vmk_api::client::Client::unix(&self.socket);
         String::from_utf8_lossy(&c.console_log(name, 1 << 20).expect("console log")).into_owned()
     }
 

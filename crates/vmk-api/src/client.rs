@@ -1,5 +1,5 @@
-//! A small blocking client of the REST API ([`crate::api`]) over the Unix socket, or over
-//! TCP with the bearer token. The `vmk` CLI uses it.
+//! A small blocking client of the REST API (served by `vmk_host::api`) over the Unix
+//! socket, or over TCP with the bearer token. The `vmk` CLI uses it.
 //!
 //! It speaks HTTP/1.1 itself (one request per connection, `Connection: close`, responses
 //! parsed with `httparse`) instead of using hyper's client: the CLI stays free of an async
@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::api::{StopRequest, CONSOLE_PROTOCOL};
 use crate::model::{
-    validate_name, HostError, HostInfo, HostMetrics, VmDefinition, VmInfo, VmMetrics,
+    validate_name, HostError, HostInfo, HostMetrics, StopRequest, VmDefinition, VmInfo, VmMetrics,
+    CONSOLE_PROTOCOL,
 };
 use crate::network::{
     check_ifname, NetworkInfo, PortGroupDef, PortGroupInfo, PortGroupUpdate, UplinkSpec,

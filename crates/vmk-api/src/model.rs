@@ -1,11 +1,10 @@
-//! What a host is asked and what it answers: VM definitions, states, metrics, errors and the
-//! [`HostApi`] trait. The REST API serializes these types as JSON; VM definitions are also
-//! stored as TOML in the inventory. Both the real host and test doubles implement `HostApi`.
+//! What a host is asked and what it answers: VM definitions, states, metrics and errors.
+//! The REST API serializes these types as JSON; VM definitions are also stored as TOML in
+//! the host's inventory, and [`HostConfig`] is the host's own configuration file (which
+//! also tells clients where the API's socket is).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
-use std::sync::mpsc::Receiver;
-use std::time::Duration;
 
 /// Longest VM name.
 pub const NAME_MAX: usize = 64;
@@ -500,27 +499,6 @@ pub struct HostMetrics {
     pub vms: Vec<VmMetrics>,
 }
 
-/// What an attached console receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConsoleEvent {
-    /// Bytes the guest wrote to its serial console.
-    Output(Vec<u8>),
-    /// The run ended (the attachment ends with it).
-    Ended(ExitInfo),
-}
-
-/// Sends bytes to a guest's serial console.
-pub type ConsoleInput = Box<dyn Fn(&[u8]) + Send + Sync>;
-
-/// An interactive console: recent history, then live output; input goes to the guest UART.
-pub struct ConsoleAttachment {
-    /// The last bytes of output before attaching (so the user sees the current prompt).
-    pub history: Vec<u8>,
-    pub events: Receiver<ConsoleEvent>,
-    /// Sends bytes to the guest's serial console.
-    pub input: ConsoleInput,
-}
-
 /// A request the host refuses or cannot carry out. Messages say what, where and what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
@@ -549,33 +527,27 @@ impl HostError {
     }
 }
 
-/// Everything the REST API (and so the CLI) can ask of a host. Calls may block briefly
-/// (file I/O); none waits for a guest. Lifecycle calls return the VM's new state.
-pub trait HostApi: Send + Sync {
-    fn host_info(&self) -> HostInfo;
-    fn list(&self) -> Vec<VmInfo>;
-    fn info(&self, name: &str) -> Result<VmInfo, HostError>;
-    /// Defines a VM (validated, persisted). Does not start it.
-    fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError>;
-    /// Removes a VM's definition and logs; refused unless it is stopped or crashed.
-    fn delete(&self, name: &str) -> Result<(), HostError>;
-    fn start(&self, name: &str) -> Result<VmInfo, HostError>;
-    /// Asks the guest to shut down; powers the VM off if it has not after `timeout`.
-    fn stop(&self, name: &str, timeout: Duration) -> Result<VmInfo, HostError>;
-    /// Powers the VM off now.
-    fn poweroff(&self, name: &str) -> Result<VmInfo, HostError>;
-    /// Powers a running VM off and starts it again.
-    fn reset(&self, name: &str) -> Result<VmInfo, HostError>;
-    fn console_attach(&self, name: &str) -> Result<ConsoleAttachment, HostError>;
-    /// The last `max` bytes of the VM's console log.
-    fn console_log(&self, name: &str, max: usize) -> Result<Vec<u8>, HostError>;
-    fn vm_metrics(&self, name: &str) -> Result<VmMetrics, HostError>;
-    fn metrics(&self) -> HostMetrics;
-    /// The host's network (vSwitches, port groups, uplinks), if it has one: the API's
-    /// network routes manage it directly.
-    fn network(&self) -> Option<std::sync::Arc<crate::network::Network>> {
-        None
-    }
+// ---- requests ----
+
+/// `POST /v1/vms/{name}/stop` without a body waits this long before powering off.
+pub const STOP_TIMEOUT_DEFAULT_SECS: u64 = 30;
+/// Longest stop timeout a request may ask for.
+pub const STOP_TIMEOUT_MAX_SECS: u64 = 3600;
+/// The `Upgrade` protocol name of the interactive console
+/// (`GET /v1/vms/{name}/console`).
+pub const CONSOLE_PROTOCOL: &str = "vmk-console";
+
+/// The body of `POST /v1/vms/{name}/stop`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Seconds the guest gets to shut down before it is powered off.
+    #[serde(
+        default,
+        deserialize_with = "crate::model::no_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout_secs: Option<u64>,
 }
 
 #[cfg(test)]
