@@ -135,9 +135,7 @@ pub enum DeviceError {
 
 /// Takes a mutex even if a thread panicked while holding it: device state stays usable (every
 /// state a device can be in is valid), and a device must not turn one panic into many.
-pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use vmk_base::lock;
 
 #[cfg(test)]
 mod tests {

@@ -877,17 +877,12 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Writes a small file of the image (the manifest) durably, whole or not at all.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, data)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            ImageError::OutDir {
-                path: path.to_path_buf(),
-                source,
-            }
-        })
+    vmk_base::fs::write_atomic(path, data, 0o644).map_err(|source| ImageError::OutDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[derive(serde::Serialize)]

@@ -1,9 +1,7 @@
 //! [`Vmdk`]: an open disk.
 
 use std::collections::hash_map::RandomState;
-use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -322,35 +320,9 @@ pub(crate) fn write_file_atomic(
     if !crash.pass() {
         return Ok(());
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.vmk-tmp"));
-    let io = |doing, e| VmdkError::io(&tmp, doing, 0, e);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io("creating the new descriptor", e))?;
-    f.write_all(text)
-        .map_err(|e| io("writing the new descriptor", e))?;
-    f.sync_all()
-        .map_err(|e| io("syncing the new descriptor", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    // 0o644 before the umask, as a plain file create gives.
+    vmk_base::fs::write_atomic(path, text, 0o644)
         .map_err(|e| VmdkError::io(path, "replacing the descriptor", 0, e))?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
     Ok(())
 }
 

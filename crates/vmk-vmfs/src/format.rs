@@ -150,28 +150,9 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Formats a wall-clock time in ms since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+/// Formats a wall-clock time in ms since the epoch as UTC `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn fmt_time(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate for one message.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    vmk_base::fmt::utc_ms(ms)
 }
 
 /// Where everything is. Computed from a few parameters, so the header cannot point anywhere

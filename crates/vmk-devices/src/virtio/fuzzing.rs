@@ -132,9 +132,7 @@ fn bump(c: &Cell<usize>) {
     c.set(c.get() + 1);
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use vmk_base::lock;
 
 /// Registers a hostile driver mostly pokes, and some it rarely should.
 const REGS: [u64; 26] = [

@@ -81,9 +81,7 @@ struct Wire {
 
 struct FuzzBackend(Arc<Mutex<Wire>>);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use vmk_base::lock;
 
 impl NetBackend for FuzzBackend {
     fn mac(&self) -> [u8; 6] {
