@@ -24,7 +24,7 @@
 //! `VmController::press_power_button`), which real distributions act on: systemd-logind
 //! powers off, acpid runs its power-button action, and a vmk image's `/init` runs busybox
 //! acpid, whose action ends the workload so that `/init` reports and powers off. `stop`
-//! presses it at once and again every [`PRESS_INTERVAL`] until the VM has ended: a press
+//! presses it at once and again every second until the VM has ended: a press
 //! the guest's driver is not ready for (the guest is booting) waits in the device, and one
 //! the guest had nobody listening for yet (its handler starts later in the boot) is
 //! repeated, so a stop at any point of a guest's life is deferred, not lost. If the VM is
