@@ -19,17 +19,18 @@
 //! guest: `start` waits for the machine to be built, `poweroff` and `reset` wait (bounded)
 //! for the vCPU threads to end, `stop` returns at once with the VM `stopping`.
 //!
-//! # Graceful stop: magic SysRq over the serial console
-//! The VMs have no ACPI and no guest agent, and the host cannot signal processes inside a
-//! guest, so `stop` uses what every Linux serial console understands: magic SysRq, a BREAK
-//! condition on the UART followed by a key (`VmController::send_sysrq`; the image's `/init`
-//! enables all SysRq functions). The host sends `e` (SIGTERM to every process but init: the
-//! init script ends and `/init` reports its status and powers off, as when the script ends by
-//! itself), then, 3 s before the stop's timeout, `s` (emergency
-//! sync), `u` (remount read-only) and `o` (power off), for guests whose init does not power
-//! off by itself. If the VM is still
-//! running at the timeout it is powered off (`last_exit = killed`). A guest that disabled
-//! SysRq is therefore stopped at the timeout.
+//! # Graceful stop: the power button
+//! Every machine has a power button (a virtio-input device with `KEY_POWER`,
+//! `VmController::press_power_button`), which real distributions act on: systemd-logind
+//! powers off, acpid runs its power-button action, and a vmk image's `/init` runs busybox
+//! acpid, whose action ends the workload so that `/init` reports and powers off. `stop`
+//! presses it at once and again every second until the VM has ended: a press
+//! the guest's driver is not ready for (the guest is booting) waits in the device, and one
+//! the guest had nobody listening for yet (its handler starts later in the boot) is
+//! repeated, so a stop at any point of a guest's life is deferred, not lost. If the VM is
+//! still running at the stop's timeout the host powers it off (`last_exit = killed`, shown
+//! as "powered off by the host"): a guest that ignores the button, or has no driver for
+//! it, is stopped at the timeout.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -57,13 +58,9 @@ use vmk_api::model::*;
 const END_WAIT: Duration = Duration::from_secs(10);
 /// Console input waits at most this long for room in the guest UART's receive FIFO.
 const INPUT_WAIT: Duration = Duration::from_secs(1);
-/// Time the stop sequence keeps before its deadline for SysRq `s`, `u`, `o` (sync, remount
-/// read-only, power off) to take effect.
-const SYSRQ_FINAL_MARGIN: Duration = Duration::from_secs(3);
-/// Between SysRq `s`, `u` and `o`.
-const SYSRQ_STEP: Duration = Duration::from_millis(250);
-/// Least pause between SysRq `e` (terminate processes) and `s`/`u`/`o` for short timeouts.
-const SYSRQ_TERM_PAUSE: Duration = Duration::from_secs(2);
+/// How often a stop presses the power button again while the guest is still running (a
+/// guest whose handler was not running yet gets the next press).
+const PRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Extra time `shutdown` gives VMs after the stop timeout before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The host's lock file in its directory (one host per directory).
@@ -888,52 +885,44 @@ fn runner(
     }
 }
 
-/// The graceful stop sequence of session `session` (see the module docs).
+/// The graceful stop sequence of session `session` (see the module docs): the power
+/// button, pressed again every [`PRESS_INTERVAL`] until the VM ends; a power-off at the
+/// timeout.
 fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    // SIGTERM first; the processes get the stop's whole timeout to end (a vmk image's init
-    // powers off as soon as its script has ended). Only near the deadline does the host
-    // sync, remount and power off through SysRq, leaving SYSRQ_FINAL_MARGIN for that.
-    let pause = SYSRQ_TERM_PAUSE.min(timeout / 2);
-    let late = timeout.saturating_sub(SYSRQ_FINAL_MARGIN).max(pause);
-    let steps = [
-        (b'e', Duration::ZERO),
-        (b's', late),
-        (b'u', late + SYSRQ_STEP),
-        (b'o', late + 2 * SYSRQ_STEP),
-    ];
+    let deadline = Instant::now() + timeout;
     let ended = |s: &VmStatus| s.session != session || !s.running();
-    for (key, at) in steps {
+    loop {
         let st = lock(&e.st);
-        let st = e.wait_until(
-            st,
-            (start + at).saturating_duration_since(Instant::now()),
-            ended,
-        );
         if ended(&st) {
             return;
         }
-        if let Some(m) = &st.machine {
-            if !m.ctl.send_sysrq(key) {
-                eprintln!(
-                    "vmk-host: VM '{}': SysRq '{}' not delivered (console input full)",
-                    e.name, key as char
-                );
-            }
+        // Between the runs of a reboot there is no machine: the runner ends the VM.
+        let machine = st.machine.clone();
+        drop(st);
+        if let Some(m) = machine {
+            // Delivered or waiting for the guest's driver: either way the next press comes
+            // after PRESS_INTERVAL if the guest is still up.
+            let _ = m.ctl.press_power_button();
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let st = lock(&e.st);
+        let st = e.wait_until(st, PRESS_INTERVAL.min(deadline - now), ended);
+        if ended(&st) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            break;
         }
     }
-    let st = lock(&e.st);
-    let mut st = e.wait_until(
-        st,
-        deadline.saturating_duration_since(Instant::now()),
-        ended,
-    );
+    let mut st = lock(&e.st);
     if ended(&st) {
         return;
     }
     eprintln!(
-        "vmk-host: VM '{}' did not stop within {:?}; powering it off",
+        "vmk-host: VM '{}' did not stop within {:?} of the power button; powering it off",
         e.name, timeout
     );
     st.intent = Intent::PowerOff;

@@ -98,7 +98,8 @@ fn state_machine_refuses_what_makes_no_sense() {
     // Reset: a new run, still running.
     let i = h.reset("web1").unwrap();
     assert_eq!((i.state, i.boots), (VmState::Running, 2));
-    // A stop of a guest that ignores SysRq (bare metal) powers off at the timeout.
+    // A stop of a guest that ignores the power button (bare metal) powers off at the
+    // timeout, recorded as a host power-off.
     let t0 = Instant::now();
     let i = h.stop("web1", Duration::from_millis(400)).unwrap();
     assert_eq!(i.state, VmState::Stopping);

@@ -8,9 +8,19 @@
 //!   lacks a newline, the marker follows it on the same line). The guest then powers off.
 //! - `vmk-guest: warning: ...` for problems that do not stop the boot.
 //!
-//! Graceful stop (the host's `vm stop`) arrives as magic SysRq over the serial console: `e`
-//! (SIGTERM to every process but init: the init script ends, its status is reported as
-//! usual), then `s`, `u`, `o` (sync, remount read-only, power off). `/init` enables SysRq.
+//! - `vmk-guest: power button: shutting down` when the power button was pressed.
+//!
+//! Graceful stop (the host's `vm stop`) is a press of the machine's power button, a
+//! virtio-input device with `KEY_POWER` (`/dev/input/event0` once `virtio_input` and `evdev`
+//! are loaded). As on small distributions (Alpine, OpenWrt), busybox `acpid` reads it and
+//! runs `/etc/acpi/PWRF/00000080` ([`POWER_BUTTON_ACTION`], unless the image brings its own),
+//! which ends the workload: it hangs up the interactive shell (an interactive shell ignores
+//! SIGTERM) and sends SIGTERM to every process but init, as an init system does at shutdown.
+//! `/init` then reports the init script's status (143 for a script ended by SIGTERM) and
+//! powers off. A press that comes before the workload has started leaves
+//! `/run/vmk-poweroff` behind, and the workload is then not started (status 143). A
+//! workload that ignores SIGTERM keeps the guest running: the host powers it off at the
+//! stop's timeout. A press before acpid runs is not seen; the host presses again.
 
 /// Where the user's init script is stored in the initrd.
 pub const INIT_SCRIPT_PATH: &str = "vmk/init-script";
@@ -18,6 +28,19 @@ pub const INIT_SCRIPT_PATH: &str = "vmk/init-script";
 pub const READY_LINE: &str = "vmk-guest: ready";
 /// The prefix of the line that carries the init script's exit status.
 pub const EXIT_STATUS_PREFIX: &str = "vmk-guest: exit-status ";
+
+/// `/etc/acpi/PWRF/00000080`: what busybox acpid runs when the power button is pressed.
+pub const POWER_BUTTON_ACTION: &str = r#"#!/bin/sh
+# The power button was pressed (vmk vm stop): end the workload; /init then reports the
+# init script's status and powers off. (busybox acpid runs this; see /init.)
+echo "vmk-guest: power button: shutting down" >/dev/console
+# A workload that has not started yet sees this and does not start.
+: > /run/vmk-poweroff
+# An interactive shell ignores SIGTERM: hang it up, as a closing terminal would.
+[ -r /run/vmk-shell.pid ] && kill -HUP "$(cat /run/vmk-shell.pid)" 2>/dev/null
+# Every other process but init (and this one), as an init system does at shutdown.
+kill -TERM -1
+"#;
 
 /// What `/init` needs to know.
 #[derive(Debug, Clone)]
@@ -55,9 +78,6 @@ mount -t tmpfs tmpfs /dev/shm
 hostname vmk
 
 warn() { echo "vmk-guest: warning: $*"; }
-# Every magic SysRq function: the host's graceful stop is SysRq e, s, u, o over the serial
-# console (Debian's default mask leaves out e, SIGTERM to all processes).
-echo 1 > /proc/sys/kernel/sysrq || warn "cannot enable SysRq: vmk vm stop will power off at its timeout"
 
 "#,
     );
@@ -94,23 +114,43 @@ if [ -n "$vmk_ip" ]; then
     ip addr add "$vmk_ip" dev eth0 || warn "cannot configure eth0 with $vmk_ip"
 fi
 
-echo "vmk-guest: ready"
 "#,
     );
+    s.push_str(&format!(
+        r#"# The power button (vmk vm stop): busybox acpid reads KEY_POWER from the virtio-input
+# device and runs /etc/acpi/PWRF/00000080 (an image's own action is kept).
+mkdir -p /etc/acpi/PWRF /var/log /var/run /run
+if [ ! -e /etc/acpi/PWRF/00000080 ]; then
+    cat > /etc/acpi/PWRF/00000080 <<'VMK_ACTION_END'
+{POWER_BUTTON_ACTION}VMK_ACTION_END
+    chmod 755 /etc/acpi/PWRF/00000080
+fi
+if [ -e /dev/input/event0 ]; then
+    acpid -l /dev/console || warn "cannot start acpid: vmk vm stop will power off at its timeout"
+else
+    warn "no power button (/dev/input/event0): vmk vm stop will power off at its timeout"
+fi
+
+echo "vmk-guest: ready"
+"#
+    ));
     if cfg.has_init_script {
         s.push_str(&format!(
-            r#"/bin/sh /{INIT_SCRIPT_PATH}
+            r#"# The script is not started if the power button was pressed already (see the action).
+/bin/sh -c '[ -e /run/vmk-poweroff ] && exit 143; exec /bin/sh /{INIT_SCRIPT_PATH}'
 status=$?
 echo "vmk-guest: exit-status $status"
 "#
         ));
     } else {
         s.push_str(
-            r#"# Interactive shell on the console, with a controlling tty so job control works.
+            r#"# Interactive shell on the console, with a controlling tty so job control works. Its
+# pid is where the power button's action finds it; it does not start after a press.
+shell='echo $$ > /run/vmk-shell.pid; [ -e /run/vmk-poweroff ] && exit 0'
 if command -v cttyhack >/dev/null 2>&1; then
-    setsid cttyhack sh -l
+    setsid cttyhack sh -c "$shell; exec sh -l"
 else
-    setsid sh -c 'exec sh -l </dev/console >/dev/console 2>&1'
+    setsid sh -c "$shell; exec sh -l </dev/console >/dev/console 2>&1"
 fi
 "#,
         );
@@ -140,7 +180,10 @@ mod tests {
         let s = render_init(&cfg(true));
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         let ready = s.find("echo \"vmk-guest: ready\"").unwrap();
-        let run = s.find("/bin/sh /vmk/init-script").unwrap();
+        let acpid = s.find("acpid -l /dev/console").unwrap();
+        let run = s.find("exec /bin/sh /vmk/init-script").unwrap();
+        assert!(acpid < ready);
+        assert!(s.contains("[ -e /run/vmk-poweroff ] && exit 143"));
         let status = s.find("echo \"vmk-guest: exit-status $status\"").unwrap();
         let off = s.find("poweroff -f").unwrap();
         assert!(ready < run && run < status && status < off);
@@ -152,7 +195,8 @@ mod tests {
     #[test]
     fn shell_mode_runs_an_interactive_shell() {
         let s = render_init(&cfg(false));
-        assert!(s.contains("setsid cttyhack sh"));
+        assert!(s.contains("setsid cttyhack sh -c"));
+        assert!(s.contains("/run/vmk-shell.pid"));
         assert!(!s.contains("init-script"));
         assert!(s.find("cttyhack").unwrap() < s.find("poweroff -f").unwrap());
     }
@@ -172,6 +216,21 @@ mod tests {
     fn quoting() {
         assert_eq!(sh_quote("a b"), "'a b'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn power_button_action_is_installed_by_init() {
+        let s = render_init(&cfg(true));
+        assert!(s.contains(POWER_BUTTON_ACTION));
+        assert!(POWER_BUTTON_ACTION.starts_with("#!/bin/sh\n"));
+        assert!(POWER_BUTTON_ACTION.contains("kill -TERM -1"));
+        assert!(!s.contains("sysrq"), "vmk no longer uses SysRq");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("action");
+        std::fs::write(&p, POWER_BUTTON_ACTION).unwrap();
+        if let Ok(st) = std::process::Command::new("sh").arg("-n").arg(&p).status() {
+            assert!(st.success(), "sh -n rejected the action");
+        }
     }
 
     /// The generated script must at least parse with the host's POSIX sh.

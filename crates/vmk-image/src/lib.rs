@@ -47,6 +47,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_balloon",
     "ext4",
+    // The power button (`vmk vm stop`): the virtio-input driver and /dev/input/event*.
+    "virtio_input",
+    "evdev",
 ];
 /// The kernel command line written to image.toml.
 pub const DEFAULT_APPEND: &str = "console=ttyS0 earlycon=sbi";

@@ -9,8 +9,8 @@ pub mod sbi;
 mod vm;
 
 pub use vm::{
-    Console, DiskSpec, DiskStats, DiskStorage, NicSpec, VcpuStats, Vm, VmConfig, VmController,
-    VmError, VmOutcome, VmStats,
+    Console, DiskSpec, DiskStats, DiskStorage, NicSpec, PowerButton, VcpuStats, Vm, VmConfig,
+    VmController, VmError, VmOutcome, VmStats,
 };
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so
@@ -35,6 +35,10 @@ pub mod layout {
     pub const fn virtio_irq(i: u32) -> u32 {
         1 + i
     }
+    /// The power button (virtio-input) in the virtio-mmio slot after the disks' and NICs'
+    /// ones, on PLIC source 9 (free in QEMU virt too).
+    pub const POWER_BUTTON_BASE: u64 = virtio_base(VIRTIO_SLOTS as u32);
+    pub const POWER_BUTTON_IRQ: u32 = virtio_irq(VIRTIO_SLOTS as u32);
     pub const RAM_BASE: u64 = 0x8000_0000;
     /// Smallest guest RAM vmk accepts.
     pub const MIN_RAM: u64 = 16 << 20;

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use vmk_cpu::{
     csr_addr, Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
 };
-use vmk_devices::virtio::{NetBackend, NetConfig, NetWaker, VirtioNet};
+use vmk_devices::virtio::input::KEY_POWER;
+use vmk_devices::virtio::{KeyPress, NetBackend, NetConfig, NetWaker, VirtioInput, VirtioNet};
 use vmk_devices::{
     BlockConfig, IrqLine, MmioBus, Plic, PowerRequest, PowerState, SifiveTest, Uart, UartInput,
     VirtioBlk, VirtioMmio,
@@ -162,6 +163,17 @@ pub struct VmStats {
     pub disks: Vec<DiskStats>,
 }
 
+/// What became of a power button press ([`VmController::press_power_button`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerButton {
+    /// The guest's driver has the press (whether the guest acts on it is the guest's).
+    Delivered,
+    /// The guest has no driver ready yet: the press waits in the device.
+    Pending,
+    /// The VM has ended.
+    Ended,
+}
+
 /// Controls a VM from other threads (a host's API, a console). Holds no VM resources: once
 /// the VM has ended its disks are closed and its memory freed, and the controller reports
 /// the final counters.
@@ -178,6 +190,26 @@ impl VmController {
     pub fn stop(&self) {
         if let Some(s) = self.shared.upgrade() {
             s.finish(VmOutcome::Stopped)
+        }
+    }
+
+    /// Presses and releases the guest's power button (a virtio-input device with
+    /// `KEY_POWER`): Linux's `virtio_input` driver passes it on as an input event, which
+    /// systemd-logind, acpid or busybox acpid (a vmk image's `/init`) act on, normally by
+    /// shutting down. If the driver is not ready (the guest is booting) the press waits in
+    /// the device and is delivered when it is; a press is never queued twice.
+    pub fn press_power_button(&self) -> PowerButton {
+        let Some(s) = self.shared.upgrade() else {
+            return PowerButton::Ended;
+        };
+        let r = s
+            .power_button
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .press_key(KEY_POWER);
+        match r {
+            KeyPress::Delivered => PowerButton::Delivered,
+            KeyPress::Pending | KeyPress::Refused => PowerButton::Pending,
         }
     }
 
@@ -315,6 +347,7 @@ struct Shared {
     /// Per-vCPU counters, updated after every slice; shared with controllers.
     counters: Arc<[VcpuCounters]>,
     disks: Vec<Arc<Mutex<VirtioMmio<VirtioBlk>>>>,
+    power_button: Arc<Mutex<VirtioMmio<VirtioInput>>>,
     uart_input: UartInput,
     stop: AtomicBool,
     outcome: Mutex<Option<VmOutcome>>,
@@ -435,8 +468,9 @@ impl Vm {
                     size: UART_SIZE,
                 },
                 MmioRange {
+                    // The disks' and NICs' slots, then the power button's.
                     base: VIRTIO_BASE,
-                    size: VIRTIO_STRIDE * VIRTIO_SLOTS,
+                    size: VIRTIO_STRIDE * (VIRTIO_SLOTS + 1),
                 },
             ],
         )?;
@@ -496,6 +530,7 @@ impl Vm {
             timebase_hz: TIMEBASE_HZ as u32,
             virtio: (0..(backends.len() + cfg.nics.len()) as u32)
                 .map(|i| (virtio_base(i), virtio_irq(i)))
+                .chain([(POWER_BUTTON_BASE, POWER_BUTTON_IRQ)])
                 .collect(),
         })
         .map_err(|e| VmError::Fdt(e.to_string()))?;
@@ -646,6 +681,25 @@ impl Vm {
                 ))
             })?;
         }
+        // The power button: how the host asks the guest to shut down (`vm stop`).
+        let button_irq: Arc<dyn IrqLine> =
+            Arc::new(plic.source(POWER_BUTTON_IRQ).ok_or_else(|| {
+                VmError::Devices(format!(
+                    "no PLIC source {POWER_BUTTON_IRQ} for the power button"
+                ))
+            })?);
+        let power_button = Arc::new(Mutex::new(VirtioMmio::new(
+            VirtioInput::power_button(),
+            mem.clone(),
+            button_irq,
+        )));
+        bus.register(
+            "power-button",
+            POWER_BUTTON_BASE,
+            VIRTIO_STRIDE,
+            power_button.clone(),
+        )
+        .map_err(dev_err)?;
         bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
             .map_err(dev_err)?;
         let counters: Arc<[VcpuCounters]> =
@@ -660,6 +714,7 @@ impl Vm {
             harts: slots,
             counters,
             disks,
+            power_button,
             uart_input: uart_input.clone(),
             stop: AtomicBool::new(false),
             outcome: Mutex::new(None),
@@ -692,7 +747,8 @@ impl Vm {
         }
     }
 
-    /// A controller for other threads: stop, SysRq on the console, counters.
+    /// A controller for other threads: stop, the power button, SysRq on the console,
+    /// counters.
     pub fn controller(&self) -> VmController {
         VmController {
             shared: Arc::downgrade(&self.shared),

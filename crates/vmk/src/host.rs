@@ -96,8 +96,8 @@ pub fn load_config(path: Option<&Path>) -> Result<HostConfig, CmdError> {
     toml::from_str(&text).map_err(|e| format!("host config {}: {e}", path.display()).into())
 }
 
-/// How long `vmk host start` gives running VMs to shut down (SysRq) when it is stopped,
-/// before powering off what is left.
+/// How long `vmk host start` gives running VMs to shut down when it is stopped (the power
+/// button, all VMs at once), before powering off what is left.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn start(config: Option<&Path>) -> Result<(), CmdError> {

@@ -169,6 +169,63 @@ fn three_vms_through_the_daemon_one_crashes_and_the_inventory_survives_a_restart
     d.stop();
 }
 
+/// Stop as a user meets it: `vmk vm stop` one second after `vmk vm start` (the guest is
+/// still booting) is carried out once the guest can act on its power button, and SIGTERM
+/// to the host stops idle VMs in parallel, each through its power button, in seconds.
+#[test]
+fn vm_stop_during_boot_and_host_sigterm_end_vms_through_the_power_button() {
+    let image = common::build_image("host-idle", "echo idling\nwhile :; do sleep 1; done\n", &[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let d = Daemon::start(dir, "", STARTUP);
+    for name in ["early", "idle1", "idle2"] {
+        let def = define(dir, &image, name, "", None);
+        d.vmk(&["vm", "create", def.to_str().expect("utf-8 path")]);
+    }
+    d.vmk(&["vm", "start", "early"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let t = std::time::Instant::now();
+    d.vmk(&["vm", "stop", "early"]);
+    let early_took = t.elapsed();
+    let e = d.info("early");
+    let log = d.console("early");
+    assert_eq!(e["state"], "stopped", "{e}\n{log}");
+    assert_eq!(e["last_exit"]["kind"], "poweredoff", "{e}\n{log}");
+    assert_eq!(e["last_exit"]["status"], 143, "{e}\n{log}");
+    assert!(
+        log.contains("vmk-guest: power button: shutting down"),
+        "{log}"
+    );
+    assert!(!log.contains("cannot load module"), "{log}");
+
+    for name in ["idle1", "idle2"] {
+        d.vmk(&["vm", "start", name]);
+    }
+    for name in ["idle1", "idle2"] {
+        d.wait_console(name, "idling", Duration::from_secs(300));
+    }
+    let t = std::time::Instant::now();
+    d.stop();
+    let sigterm_took = t.elapsed();
+    assert!(
+        sigterm_took < Duration::from_secs(15),
+        "SIGTERM took {sigterm_took:?}"
+    );
+    let d = Daemon::start(dir, "", STARTUP);
+    for name in ["idle1", "idle2"] {
+        let i = d.info(name);
+        let log = d.console(name);
+        assert_eq!(i["last_exit"]["kind"], "poweredoff", "{i}\n{log}");
+        assert_eq!(i["last_exit"]["status"], 143, "{i}\n{log}");
+        assert!(
+            log.contains("vmk-guest: power button: shutting down"),
+            "{log}"
+        );
+    }
+    d.stop();
+    eprintln!("vmk vm stop 1 s after start took {early_took:?}; SIGTERM with 2 idle VMs took {sigterm_took:?}");
+}
+
 /// The network through the daemon and the CLI, no guests: vSwitch, TAP uplink (as root),
 /// port group with shaping, a policy change, hostile input refused with the reason, a VM
 /// whose NIC names a missing port group refused, and everything back after a restart.

@@ -11,6 +11,8 @@
 //!   [`RawFileBackend`] is a raw image file or host block device.
 //! - [`VirtioNet`] is the network device (device id 1) over a [`NetBackend`] (a vSwitch
 //!   port); [`NetWaker`] brings frames that arrive on other threads to the guest.
+//! - [`VirtioInput`] is the input device (device id 18): vmk's power button, pressed from
+//!   the host with [`VirtioMmio::press_key`].
 //!
 //! # Wiring a device into a machine
 //!
@@ -68,6 +70,7 @@
 //! `GuestMemory::read`/`write`, which never holds host pointers across a page map change.
 
 pub mod blk;
+pub mod input;
 mod mmio;
 pub mod net;
 pub mod queue;
@@ -75,8 +78,12 @@ pub mod queue;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 #[cfg(any(test, feature = "fuzzing"))]
+pub mod input_fuzzing;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod net_fuzzing;
 
+#[cfg(test)]
+mod input_tests;
 #[cfg(test)]
 mod net_tests;
 #[cfg(test)]
@@ -85,6 +92,7 @@ mod tests;
 pub use blk::{
     BlkStats, BlockBackend, BlockConfig, RawFileBackend, VecBackend, VirtioBlk, VIRTIO_BLK_ID_BYTES,
 };
+pub use input::{InputEvent, InputStats, KeyPress, VirtioInput};
 pub use mmio::{VirtioMmio, VIRTIO_MMIO_MAGIC, VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION};
 pub use net::{
     NetBackend, NetConfig, NetStats, NetWaker, RxNotify, SharedNet, TxOutcome, VirtioNet,
@@ -129,6 +137,7 @@ pub mod device_type {
     pub const NET: u32 = 1;
     pub const BLOCK: u32 = 2;
     pub const BALLOON: u32 = 5;
+    pub const INPUT: u32 = 18;
 }
 
 /// Why a queue or device stopped: the guest broke the virtio contract in a way that no
