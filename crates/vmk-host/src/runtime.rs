@@ -44,6 +44,7 @@ use vmk_machine::{Vm, VmController, VmOutcome, VmStats};
 
 use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
 use crate::datastores::Datastores;
+use crate::disks::normalize_disk_path;
 use crate::inventory::{self, InventoryError, PersistedState};
 use crate::machine;
 use crate::model::*;
@@ -971,7 +972,10 @@ impl HostApi for Host {
         Ok(e.info(&st))
     }
 
-    fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError> {
+    fn create(&self, mut def: VmDefinition) -> Result<VmInfo, HostError> {
+        for d in &mut def.disks {
+            d.path = normalize_disk_path(&d.path);
+        }
         validate_definition(&def, &self.limits)?;
         self.datastores.check_definition(&def)?;
         for (i, n) in def.nics.iter().enumerate() {

@@ -558,6 +558,50 @@ fn datastore_disks_have_one_writer_across_hosts() {
     b.poweroff("vb").unwrap();
 }
 
+/// Disk paths are stored normalised: `..` resolved, the user's symlinks kept.
+#[test]
+fn disk_paths_are_stored_normalised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.idle();
+    });
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    std::fs::create_dir_all(root.join("vms")).unwrap();
+    std::fs::create_dir(root.join("disks")).unwrap();
+    std::fs::write(root.join("disks/a.img"), vec![0u8; 4096]).unwrap();
+    std::os::unix::fs::symlink(root.join("disks"), root.join("dl")).unwrap();
+    let h = host(&root.join("host"));
+    let mut d = def("web1", &k);
+    d.disks = vec![
+        DiskDef {
+            path: root.join("vms/../disks/./a.img"),
+            read_only: true,
+            serial: None,
+        },
+        DiskDef {
+            path: root.join("vms/../dl/a.img"),
+            read_only: true,
+            serial: Some("second".into()),
+        },
+    ];
+    h.create(d).unwrap_err(); // the same file twice
+    let mut d = def("web1", &k);
+    d.disks = vec![DiskDef {
+        path: root.join("vms/../dl/a.img"),
+        read_only: false,
+        serial: None,
+    }];
+    let i = h.create(d).unwrap();
+    assert_eq!(i.definition.disks[0].path, root.join("dl/a.img"));
+    drop(h);
+    // As stored: a new host reads the normalised path.
+    let h = host(&root.join("host"));
+    assert_eq!(
+        h.info("web1").unwrap().definition.disks[0].path,
+        root.join("dl/a.img")
+    );
+}
+
 /// VM NICs: connected to their port group at start with a stable generated MAC (kept
 /// across host restarts), a MAC in use refused naming the VM that has it, port groups
 /// checked at create and at start, ports and MACs released when the VM ends.
