@@ -786,7 +786,9 @@ fn build(
             name: format!("{}-eth{i}", def.name),
         })
         .collect();
-    let vm = build_machine(cfg)?;
+    let mut vm = build_machine(cfg)?;
+    // vCPU threads named `<vm>/vcpuN`.
+    vm.set_name(&def.name);
     Ok((vm, handles))
 }
 

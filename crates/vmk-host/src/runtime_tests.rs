@@ -669,6 +669,36 @@ fn a_disk_in_use_is_refused_naming_its_vm() {
     h.poweroff("ro2").unwrap();
 }
 
+/// The host names a VM's vCPU threads after it (`<vm>/vcpuN`, cut to 15 bytes).
+#[test]
+fn vcpu_threads_carry_the_vm_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.idle();
+    });
+    let h = host(&tmp.path().join("host"));
+    let mut d = def("threadnames", &k);
+    d.cpus = 2;
+    h.create(d).unwrap();
+    h.start("threadnames").unwrap();
+    let comms = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim_end().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !["threadnam/vcpu0", "threadnam/vcpu1"]
+        .iter()
+        .all(|w| comms().iter().any(|c| c == w))
+    {
+        assert!(Instant::now() < deadline, "{:?}", comms());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.poweroff("threadnames").unwrap();
+}
+
 /// Disk paths are stored normalised: `..` resolved, the user's symlinks kept.
 #[test]
 fn disk_paths_are_stored_normalised() {
