@@ -64,7 +64,8 @@ pub enum VmCommand {
     Delete { name: String },
     /// Attach to the VM's serial console (Ctrl-A d detaches; the VM keeps running).
     Console { name: String },
-    /// Live per-VM CPU, instructions, memory and disk I/O, like esxtop (q quits).
+    /// Live per-VM CPU, instructions, memory and disk I/O, like esxtop (q quits). %USED is
+    /// esxtop's: 100 = one host CPU (a VM with 2 busy vCPUs shows 200).
     Top(top::TopArgs),
 }
 
