@@ -1016,3 +1016,13 @@ fn nics_are_described_as_attached() {
         "{nic}"
     );
 }
+
+/// Resource settings are described as what they are today: stored, not enforced.
+#[test]
+fn resources_are_described_as_not_enforced_yet() {
+    let doc = doc();
+    let r = doc["components"]["schemas"]["Resources"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(r.contains("not enforced yet"), "{r}");
+}
