@@ -196,7 +196,7 @@ pub struct DiskDef {
     pub serial: Option<String>,
 }
 
-/// A virtual NIC (placeholder until the network issue: stored, not yet attached).
+/// A virtual NIC: attached to a port of its port group's vSwitch while the VM runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NicDef {

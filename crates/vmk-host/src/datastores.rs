@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use vmk_machine::datastore::{DatastoreStorage, DsPath};
 use vmk_machine::{DiskStorage, VmConfig};
-use vmk_vmfs::{Datastore, MountOptions};
+use vmk_vmfs::{Datastore, LockMode, MountOptions, VmfsError};
 
 use vmk_api::model::{DatastoreConfig, DatastoreStatus, HostError, VmDefinition};
 
@@ -128,6 +128,42 @@ impl Datastores {
         Ok(())
     }
 
+    /// Checks that every datastore disk of `def` can be opened now with the lock its VM
+    /// will take (exclusive, or shared read-only for a read-only disk): its descriptor is
+    /// opened and closed again. Another host holding it is [`DiskBusy::Locked`] with the
+    /// datastore's message (`locked exclusive by host H since T; ...`).
+    pub fn check_unlocked(&self, def: &VmDefinition) -> Result<(), DiskBusy> {
+        for (i, d) in def.disks.iter().enumerate() {
+            let Some(p) = DsPath::from_path(&d.path) else {
+                continue;
+            };
+            let what = format!("disk {i} '{}'", d.path.display());
+            let p = p.map_err(|e| DiskBusy::Unusable(format!("{what}: {e}")))?;
+            let st = self
+                .storage(&p.datastore)
+                .map_err(|e| DiskBusy::Unusable(format!("{what}: {e}")))?;
+            let mode = if d.read_only {
+                LockMode::SharedRead
+            } else {
+                LockMode::Exclusive
+            };
+            match st.datastore().open_file(&format!("/{}", p.path), mode) {
+                Ok(f) => {
+                    if let Err(e) = f.close() {
+                        return Err(DiskBusy::Unusable(format!(
+                            "{what}: releasing the lock after checking it failed: {e}"
+                        )));
+                    }
+                }
+                Err(e @ VmfsError::Locked { .. }) => {
+                    return Err(DiskBusy::Locked(format!("{what}: {e}")))
+                }
+                Err(e) => return Err(DiskBusy::Unusable(format!("{what}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
     /// Gives the datastore disks of `cfg` (built from `def`) their storage.
     pub fn attach(&self, def: &VmDefinition, cfg: &mut VmConfig) -> Result<(), String> {
         for (d, spec) in def.disks.iter().zip(cfg.disks.iter_mut()) {
@@ -141,6 +177,23 @@ impl Datastores {
             spec.storage = Some(DiskStorage(Arc::new(st.clone())));
         }
         Ok(())
+    }
+}
+
+/// Why a VM's datastore disk cannot be opened now ([`Datastores::check_unlocked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskBusy {
+    /// Another host holds its lock (the datastore's message, naming the host).
+    Locked(String),
+    /// The datastore is not mounted, the file is missing, or the volume failed.
+    Unusable(String),
+}
+
+impl std::fmt::Display for DiskBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskBusy::Locked(m) | DiskBusy::Unusable(m) => f.write_str(m),
+        }
     }
 }
 

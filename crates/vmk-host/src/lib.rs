@@ -8,6 +8,7 @@
 //!   console watcher; shared with `vmk run`.
 //! - [`validate`], [`inventory`]: checks of definitions, and the inventory on disk.
 //! - [`datastores`]: the datastores the host mounts, for disks named `[ds] dir/file.vmdk`.
+//! - [`disks`]: the stored form of disk paths, and which VM holds a disk.
 //! - [`network`]: vSwitches, port groups and uplinks (persisted), VM NICs' MACs and ports.
 //! - [`runtime`]: the real host behind `HostApi` (inventory on disk, VM threads,
 //!   consoles, metrics).
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod console;
 pub mod datastores;
+pub mod disks;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod host_api;

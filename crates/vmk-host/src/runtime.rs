@@ -45,6 +45,7 @@ use vmk_machine::{Vm, VmController, VmOutcome, VmStats};
 
 use crate::console::{ConsoleHub, Pump, LOG_LIMIT};
 use crate::datastores::Datastores;
+use crate::disks::{find_clash, normalize_disk_path};
 use crate::host_api::{ConsoleAttachment, ConsoleInput, HostApi, NetworkApi};
 use crate::inventory::{self, InventoryError, PersistedState};
 use crate::machine;
@@ -241,6 +242,10 @@ pub struct Host {
     // ---- datastores ----
     /// Mounted at open; unmounted when the host (and every VM's disk) is gone.
     datastores: Arc<Datastores>,
+    /// Held by `start` from its disk checks until the VM is `starting`, so two VMs on one
+    /// disk started at the same time cannot both pass the check. Lock order: a VM's `op`,
+    /// then this, then the VM map, then `st`s (one at a time).
+    start_gate: Mutex<()>,
 }
 
 impl Host {
@@ -306,6 +311,7 @@ impl Host {
             net: Arc::new(net),
             _lock: dir_lock,
             datastores,
+            start_gate: Mutex::new(()),
         });
         let autostart: Vec<String> = lock(&host.vms)
             .values()
@@ -394,6 +400,9 @@ impl Host {
                 e.name
             )));
         }
+        // One VM per disk: refused while the VM is still stopped (nothing marked crashed).
+        let _gate = lock(&self.start_gate);
+        self.check_disks_free(e)?;
         let (def, lease) = {
             let mut st = lock(&e.st);
             match st.state {
@@ -459,6 +468,53 @@ impl Host {
                 e.name
             ))),
         }
+    }
+
+    /// Refuses to start `e` while a disk of it is in use: by a running VM of this host
+    /// (named), or, for a disk on a datastore, by another host (the datastore's lock owner
+    /// message). Read-only disks may be shared by VMs that all attach them read-only.
+    ///
+    /// The datastore check opens each datastore disk's descriptor with the lock the VM
+    /// will take and closes it again; another host that takes the disk between this check
+    /// and the VM's own open still makes the start fail (and the VM crashed), as before.
+    fn check_disks_free(&self, e: &VmEntry) -> Result<(), HostError> {
+        let def = lock(&e.st).def.clone();
+        if def.disks.is_empty() {
+            return Ok(());
+        }
+        // Entries first, then each status alone: `st`s are never held two at a time.
+        let entries: Vec<Arc<VmEntry>> = lock(&self.vms).values().cloned().collect();
+        let running: Vec<(String, VmDefinition)> = entries
+            .iter()
+            .filter(|o| o.name != e.name)
+            .filter_map(|o| {
+                let st = lock(&o.st);
+                st.running().then(|| (o.name.clone(), st.def.clone()))
+            })
+            .collect();
+        if let Some(c) = find_clash(&def, running.iter().map(|(n, d)| (n.as_str(), d))) {
+            return Err(HostError::Conflict(format!(
+                "VM '{}' cannot start: {}, which is running; stop or power off '{}' first (a \
+                 disk is used by one VM at a time; only read-only disks are shared). '{}' \
+                 stays {}",
+                e.name,
+                c.describe(),
+                c.holder,
+                e.name,
+                state_name(lock(&e.st).state)
+            )));
+        }
+        self.datastores.check_unlocked(&def).map_err(|err| {
+            let why = format!(
+                "VM '{}' cannot start: {err}; it stays {}",
+                e.name,
+                state_name(lock(&e.st).state)
+            );
+            match err {
+                crate::datastores::DiskBusy::Locked(_) => HostError::Conflict(why),
+                crate::datastores::DiskBusy::Unusable(_) => HostError::Invalid(why),
+            }
+        })
     }
 
     fn stop_entry(&self, e: &Arc<VmEntry>, timeout: Duration) -> Result<VmInfo, HostError> {
@@ -728,7 +784,9 @@ fn build(
             name: format!("{}-eth{i}", def.name),
         })
         .collect();
-    let vm = build_machine(cfg)?;
+    let mut vm = build_machine(cfg)?;
+    // vCPU threads named `<vm>/vcpuN`.
+    vm.set_name(&def.name);
     Ok((vm, handles))
 }
 
@@ -961,7 +1019,10 @@ impl HostApi for Host {
         Ok(e.info(&st))
     }
 
-    fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError> {
+    fn create(&self, mut def: VmDefinition) -> Result<VmInfo, HostError> {
+        for d in &mut def.disks {
+            d.path = normalize_disk_path(&d.path);
+        }
         validate_definition(&def, &self.limits)?;
         self.datastores.check_definition(&def)?;
         for (i, n) in def.nics.iter().enumerate() {
@@ -977,6 +1038,23 @@ impl HostApi for Host {
             return Err(HostError::AlreadyExists(format!(
                 "a VM named '{}' already exists; pick another name or delete it first",
                 def.name
+            )));
+        }
+        // One VM per disk, among every VM defined here (running or not). The map is held:
+        // a concurrent create of another VM on the same disk waits and then sees this one.
+        let defined: Vec<(String, VmDefinition)> = vms
+            .values()
+            .map(|o| (o.name.clone(), lock(&o.st).def.clone()))
+            .collect();
+        if let Some(c) = find_clash(&def, defined.iter().map(|(n, d)| (n.as_str(), d))) {
+            return Err(HostError::Conflict(format!(
+                "VM '{}': {}; a disk is used by one VM at a time (only disks that every VM \
+                 attaches read-only are shared): give '{}' its own disk (e.g. a copy), or \
+                 delete '{}' first",
+                def.name,
+                c.describe(),
+                def.name,
+                c.holder
             )));
         }
         let dir = inventory::vm_dir(&self.dir, &def.name)

@@ -545,19 +545,204 @@ fn datastore_disks_have_one_writer_across_hosts() {
         );
     }
     a.create(with_disk("va", "[ds1] vm1/disk.vmdk")).unwrap();
+    // The same disk for a second VM of this host is refused at create, naming the VM that
+    // has it (the path is compared as the datastore sees it).
+    let e = a
+        .create(with_disk("va2", "[ds1] /vm1//disk.vmdk"))
+        .unwrap_err();
+    assert!(
+        matches!(&e, HostError::Conflict(m) if m.contains("is a disk of VM 'va'")),
+        "{e}"
+    );
     b.create(with_disk("vb", "[ds1] vm1/disk.vmdk")).unwrap();
     a.start("va").unwrap();
     wait_state(&a, "va", VmState::Running);
+    // Another host's VM on it is refused at start with the datastore's lock owner, and
+    // stays stopped (not crashed: nothing about it is broken).
     let e = b.start("vb").unwrap_err();
     assert!(
-        e.to_string().contains("locked exclusive by host 1 since"),
+        matches!(&e, HostError::Conflict(m) if m.contains("locked exclusive by host 1 since")
+            && m.contains("disk 0 '[ds1] vm1/disk.vmdk'")),
         "{e}"
     );
-    assert_eq!(b.info("vb").unwrap().state, VmState::Crashed);
+    let vb = b.info("vb").unwrap();
+    assert_eq!(
+        (vb.state, vb.last_exit, vb.boots),
+        (VmState::Stopped, None, 0)
+    );
     a.poweroff("va").unwrap();
     b.start("vb").unwrap();
     wait_state(&b, "vb", VmState::Running);
     b.poweroff("vb").unwrap();
+}
+
+/// One VM per disk: a second VM on a disk (the same file by another spelling: `..`, a
+/// symlink) is refused at create naming the VM that has it; a VM defined with it anyway
+/// (e.g. inventories merged, a symlink re-pointed) is refused at start while the holder
+/// runs, and stays stopped. Read-only disks are shared by read-only attachments.
+#[test]
+fn a_disk_in_use_is_refused_naming_its_vm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.print("up\n").idle();
+    });
+    let disks = tmp.path().join("disks");
+    std::fs::create_dir_all(tmp.path().join("vms")).unwrap();
+    std::fs::create_dir(&disks).unwrap();
+    std::fs::write(disks.join("a.img"), vec![0u8; 4096]).unwrap();
+    std::fs::write(disks.join("b.img"), vec![0u8; 4096]).unwrap();
+    let link = tmp.path().join("link.img");
+    std::os::unix::fs::symlink(disks.join("a.img"), &link).unwrap();
+    let with = |name: &str, path: PathBuf, read_only: bool| {
+        let mut d = def(name, &k);
+        d.disks = vec![DiskDef {
+            path,
+            read_only,
+            serial: None,
+        }];
+        d
+    };
+    let h = host(&tmp.path().join("host"));
+    // Stored normalised (`..` resolved), the user's spelling otherwise kept.
+    let unnormal = tmp.path().join("vms/../disks/a.img");
+    let i = h.create(with("web1", unnormal, false)).unwrap();
+    assert_eq!(i.definition.disks[0].path, disks.join("a.img"));
+    assert_eq!(
+        h.info("web1").unwrap().definition.disks[0].path,
+        disks.join("a.img")
+    );
+    // At create: any other defined VM (web1 is stopped), through a symlink too.
+    for p in [disks.join("a.img"), link.clone()] {
+        let e = h.create(with("web2", p.clone(), false)).unwrap_err();
+        let m = match &e {
+            HostError::Conflict(m) => m.clone(),
+            other => panic!("{p:?}: {other:?}"),
+        };
+        assert!(m.contains("is a disk of VM 'web1'"), "{m}");
+        assert!(m.contains(&p.display().to_string()), "{m}");
+        assert!(m.contains("own disk"), "{m}");
+    }
+    assert!(matches!(h.info("web2"), Err(HostError::NotFound(_))));
+    // Read-only attachments share; a writer does not join them.
+    h.create(with("ro1", disks.join("b.img"), true)).unwrap();
+    h.create(with("ro2", link.clone(), true)).unwrap_err(); // web1 writes a.img
+    h.create(with("ro2", disks.join("b.img"), true)).unwrap();
+    assert!(h.create(with("rw", disks.join("b.img"), false)).is_err());
+
+    // At start: a VM defined with the disk anyway (here: its definition was on another
+    // disk, re-pointed through the symlink) is refused while web1 runs, and stays stopped.
+    let other = tmp.path().join("other.img");
+    std::fs::write(&other, vec![0u8; 4096]).unwrap();
+    let link2 = tmp.path().join("link2.img");
+    std::os::unix::fs::symlink(&other, &link2).unwrap();
+    h.create(with("web3", link2.clone(), false)).unwrap();
+    std::fs::remove_file(&link2).unwrap();
+    std::os::unix::fs::symlink(disks.join("a.img"), &link2).unwrap();
+    h.start("web1").unwrap();
+    wait_state(&h, "web1", VmState::Running);
+    let e = h.start("web3").unwrap_err();
+    match &e {
+        HostError::Conflict(m) => {
+            assert!(
+                m.contains("VM 'web3' cannot start")
+                    && m.contains("is a disk of VM 'web1'")
+                    && m.contains("which is running")
+                    && m.contains("stays stopped"),
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let i = h.info("web3").unwrap();
+    assert_eq!((i.state, i.last_exit, i.boots), (VmState::Stopped, None, 0));
+    // Once web1 is off, web3 starts (and now web1 is the one refused).
+    h.poweroff("web1").unwrap();
+    h.start("web3").unwrap();
+    conflict(
+        h.start("web1"),
+        &["is a disk of VM 'web3'", "stays stopped"],
+    );
+    assert_eq!(h.info("web1").unwrap().state, VmState::Stopped);
+    h.poweroff("web3").unwrap();
+    // Two read-only VMs run together.
+    h.start("ro1").unwrap();
+    h.start("ro2").unwrap();
+    h.poweroff("ro1").unwrap();
+    h.poweroff("ro2").unwrap();
+}
+
+/// The host names a VM's vCPU threads after it (`<vm>/vcpuN`, cut to 15 bytes).
+#[test]
+fn vcpu_threads_carry_the_vm_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.idle();
+    });
+    let h = host(&tmp.path().join("host"));
+    let mut d = def("threadnames", &k);
+    d.cpus = 2;
+    h.create(d).unwrap();
+    h.start("threadnames").unwrap();
+    let comms = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim_end().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !["threadnam/vcpu0", "threadnam/vcpu1"]
+        .iter()
+        .all(|w| comms().iter().any(|c| c == w))
+    {
+        assert!(Instant::now() < deadline, "{:?}", comms());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.poweroff("threadnames").unwrap();
+}
+
+/// Disk paths are stored normalised: `..` resolved, the user's symlinks kept.
+#[test]
+fn disk_paths_are_stored_normalised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = kernel(tmp.path(), "idle", |a| {
+        a.idle();
+    });
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    std::fs::create_dir_all(root.join("vms")).unwrap();
+    std::fs::create_dir(root.join("disks")).unwrap();
+    std::fs::write(root.join("disks/a.img"), vec![0u8; 4096]).unwrap();
+    std::os::unix::fs::symlink(root.join("disks"), root.join("dl")).unwrap();
+    let h = host(&root.join("host"));
+    let mut d = def("web1", &k);
+    d.disks = vec![
+        DiskDef {
+            path: root.join("vms/../disks/./a.img"),
+            read_only: true,
+            serial: None,
+        },
+        DiskDef {
+            path: root.join("vms/../dl/a.img"),
+            read_only: true,
+            serial: Some("second".into()),
+        },
+    ];
+    h.create(d).unwrap_err(); // the same file twice
+    let mut d = def("web1", &k);
+    d.disks = vec![DiskDef {
+        path: root.join("vms/../dl/a.img"),
+        read_only: false,
+        serial: None,
+    }];
+    let i = h.create(d).unwrap();
+    assert_eq!(i.definition.disks[0].path, root.join("dl/a.img"));
+    drop(h);
+    // As stored: a new host reads the normalised path.
+    let h = host(&root.join("host"));
+    assert_eq!(
+        h.info("web1").unwrap().definition.disks[0].path,
+        root.join("dl/a.img")
+    );
 }
 
 /// VM NICs: connected to their port group at start with a stable generated MAC (kept

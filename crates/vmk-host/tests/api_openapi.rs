@@ -971,3 +971,59 @@ fn the_document_states_the_servers_limits() {
         assert_eq!(documented, server.is_ok(), "{v}: {server:?}");
     }
 }
+
+/// Every `description` in the document, with its JSON path.
+fn descriptions(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("description" | "summary", Value::String(d)) => {
+                        out.push((format!("{at}/{k}"), d.clone()))
+                    }
+                    _ => descriptions(x, &format!("{at}/{k}"), out),
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                descriptions(x, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The document describes what the server does today: NICs are attached to their port
+/// group's vSwitch when the VM runs (no leftover "stored, not yet attached" from before the
+/// network existed).
+#[test]
+fn nics_are_described_as_attached() {
+    let doc = doc();
+    let mut all = Vec::new();
+    descriptions(&doc, "", &mut all);
+    for (at, d) in &all {
+        let l = d.to_lowercase();
+        assert!(
+            !l.contains("not yet attached") && !l.contains("placeholder"),
+            "{at}: {d}"
+        );
+    }
+    let nic = doc["components"]["schemas"]["NicDef"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        nic.contains("attached") && nic.contains("vSwitch") && nic.contains("while the VM runs"),
+        "{nic}"
+    );
+}
+
+/// Resource settings are described as what they are today: stored, not enforced.
+#[test]
+fn resources_are_described_as_not_enforced_yet() {
+    let doc = doc();
+    let r = doc["components"]["schemas"]["Resources"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(r.contains("not enforced yet"), "{r}");
+}

@@ -9,8 +9,8 @@ pub mod sbi;
 mod vm;
 
 pub use vm::{
-    Console, DiskSpec, DiskStats, DiskStorage, NicSpec, PowerButton, VcpuStats, Vm, VmConfig,
-    VmController, VmError, VmOutcome, VmStats,
+    vcpu_thread_name, Console, DiskSpec, DiskStats, DiskStorage, NicSpec, PowerButton, VcpuStats,
+    Vm, VmConfig, VmController, VmError, VmOutcome, VmStats,
 };
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so

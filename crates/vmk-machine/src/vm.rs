@@ -416,6 +416,31 @@ pub struct Vm {
     uart: UartInput,
     /// The final counters, filled when `run` ends (controllers keep reporting them).
     last: Arc<Mutex<VmStats>>,
+    /// Names the vCPU threads ([`Vm::set_name`]).
+    name: Option<String>,
+}
+
+/// Linux thread names (`comm`) are at most 15 bytes.
+const THREAD_NAME_MAX: usize = 15;
+
+/// The name of vCPU `i`'s thread: `<vm>/vcpu<i>`, the VM's name cut (at a character
+/// boundary) so that the whole fits Linux's 15 bytes, or `vcpu<i>` for a VM without a name
+/// (or one that would keep fewer than 3 bytes of its name: `ab/vcpu63` still says which
+/// VM, a lone `a/` hardly does).
+pub fn vcpu_thread_name(vm: Option<&str>, i: usize) -> String {
+    let vcpu = format!("vcpu{i}");
+    let Some(vm) = vm.filter(|n| !n.is_empty()) else {
+        return vcpu;
+    };
+    let room = THREAD_NAME_MAX.saturating_sub(vcpu.len() + 1);
+    let mut cut = room.min(vm.len());
+    while !vm.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    if cut < vm.len().min(3) {
+        return vcpu;
+    }
+    format!("{}/{vcpu}", &vm[..cut])
 }
 
 impl Vm {
@@ -727,7 +752,15 @@ impl Vm {
             harts,
             uart: uart_input,
             last,
+            name: None,
         })
+    }
+
+    /// Names the VM for its threads: vCPU `i` runs in a thread named `<name>/vcpu<i>`
+    /// (shortened to Linux's 15 bytes, see [`vcpu_thread_name`]), so `top -H` and
+    /// `/proc/PID/task/*/comm` tell the VMs apart. Without a name: `vcpu<i>`.
+    pub fn set_name(&mut self, name: &str) {
+        self.name = Some(name.to_string());
     }
 
     /// Feeds console input to the guest's UART.
@@ -776,6 +809,7 @@ impl Vm {
     /// Runs the VM until it powers off, resets, crashes or is stopped.
     pub fn run(self) -> VmOutcome {
         let shared = self.shared.clone();
+        let name = self.name.clone();
         let threads: Vec<_> = self
             .harts
             .into_iter()
@@ -783,7 +817,7 @@ impl Vm {
             .map(|(i, hart)| {
                 let s = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("vcpu{i}"))
+                    .name(vcpu_thread_name(name.as_deref(), i))
                     .spawn(move || {
                         // A panic in a vCPU (a bug in vmk) ends this VM, not the host, and
                         // must not leave the other vCPUs running forever.

@@ -26,6 +26,9 @@ pub enum DatastoreCommand {
     /// Show the volume header and the hosts in its heartbeat region.
     Info { dev: String },
     /// List a directory: DEV:/path, or DEV for the root (e.g. `vmk datastore ls ds.img:/vm1`).
+    ///
+    /// Columns: T (d directory, e eager-zeroed file, - file), SIZE and ALLOCATED in bytes,
+    /// MODIFIED, NAME (directories end in /).
     Ls {
         /// DEV:/path, or DEV alone for the root.
         #[arg(value_name = "DEV:/PATH")]
@@ -135,6 +138,34 @@ pub fn split_ds_path(s: &str) -> Option<(&str, &str)> {
     };
     let i = s[skip..].find(":/")? + skip;
     Some((&s[..i], &s[i + 1..]))
+}
+
+/// The `vmk datastore ls` table: a header, then a line per entry.
+fn format_listing(entries: &[vmk_vmfs::DirListing]) -> String {
+    // The MODIFIED column is as wide as a formatted time.
+    let w = vmk_vmfs::format::fmt_time(0).len();
+    let mut out = format!(
+        "T {:>14} {:>14} {:<w$}  NAME\n",
+        "SIZE", "ALLOCATED", "MODIFIED"
+    );
+    for e in entries {
+        let kind = if e.stat.is_dir {
+            "d"
+        } else if e.stat.eager_zeroed {
+            "e"
+        } else {
+            "-"
+        };
+        out += &format!(
+            "{kind} {:>14} {:>14} {:<w$}  {}{}\n",
+            e.stat.size,
+            e.stat.allocated,
+            vmk_vmfs::format::fmt_time(e.stat.mtime_ms),
+            e.name,
+            if e.stat.is_dir { "/" } else { "" }
+        );
+    }
+    out
 }
 
 /// The DEV and path of `ls|mkdir|rm`: `DEV:/path`, or the older `DEV PATH`; a bare DEV
@@ -289,23 +320,7 @@ pub fn run(cmd: DatastoreCommand) -> Result<(), CmdError> {
         } => {
             let (dev, path) = ds_target("ls", &target, path.as_deref(), true)?;
             let ds = mount(dev, &m)?;
-            for e in ds.list(path)? {
-                let kind = if e.stat.is_dir {
-                    "d"
-                } else if e.stat.eager_zeroed {
-                    "e"
-                } else {
-                    "-"
-                };
-                println!(
-                    "{kind} {:>14} {:>14} {}  {}{}",
-                    e.stat.size,
-                    e.stat.allocated,
-                    vmk_vmfs::format::fmt_time(e.stat.mtime_ms),
-                    e.name,
-                    if e.stat.is_dir { "/" } else { "" }
-                );
-            }
+            print!("{}", format_listing(&ds.list(path)?));
             ds.unmount()?;
         }
         DatastoreCommand::Mkdir {
@@ -483,6 +498,44 @@ mod tests {
             Some(("nbd+unix:/tmp/s", "/x"))
         );
         assert_eq!(split_ds_path("local.vmdk"), None);
+    }
+
+    #[test]
+    fn listing_has_a_header_over_its_columns() {
+        let entry =
+            |name: &str, is_dir: bool, eager_zeroed: bool, size: u64| vmk_vmfs::DirListing {
+                name: name.into(),
+                stat: vmk_vmfs::Stat {
+                    inum: 1,
+                    is_dir,
+                    size,
+                    allocated: size,
+                    eager_zeroed,
+                    mtime_ms: 1_700_000_000_000,
+                },
+            };
+        let t = format_listing(&[
+            entry("vm1", true, false, 0),
+            entry("disk-flat.vmdk", false, true, 1 << 30),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "T           SIZE      ALLOCATED MODIFIED                 NAME",
+                "d              0              0 2023-11-14 22:13:20 UTC  vm1/",
+                "e     1073741824     1073741824 2023-11-14 22:13:20 UTC  disk-flat.vmdk",
+            ]
+        );
+        // The header's names start over their columns' text or right edges.
+        assert_eq!(lines[0].find("NAME"), lines[1].find("vm1/"));
+        assert_eq!(lines[0].find("MODIFIED"), lines[1].find("2023"));
+        assert_eq!(
+            lines[0].find("SIZE").map(|i| i + 4),
+            lines[1].find(" 0 ").map(|i| i + 2)
+        );
+        // An empty directory: the header alone.
+        assert_eq!(format_listing(&[]).lines().count(), 1);
     }
 
     #[test]

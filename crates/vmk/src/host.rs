@@ -19,12 +19,11 @@ use crate::fmt::{fmt_bytes, fmt_duration};
 pub enum HostCommand {
     /// Run the host in the foreground: every VM of the machine, the inventory and the API
     /// (Unix socket, optionally TCP). Stops on SIGINT or SIGTERM.
-    Start {
-        /// Host configuration (TOML: dir, socket, [tcp] listen and token_file). Without
-        /// it: inventory in /var/lib/vmk, API on /run/vmk/vmk.sock, no TCP.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
+    ///
+    /// Its configuration is the global --config FILE (or VMK_CONFIG): TOML with dir,
+    /// socket, [tcp] listen and token_file, [[datastore]]. Without it: inventory in
+    /// /var/lib/vmk, API on /run/vmk/vmk.sock, no TCP.
+    Start,
     /// Show the running host: CPUs, memory, VMs, uptime.
     Info {
         #[command(flatten)]
@@ -35,10 +34,15 @@ pub enum HostCommand {
     },
 }
 
-/// Where the host's API is. The Unix socket unless --url is given.
+/// Where the host's API is. The Unix socket unless --url is given; the socket is, first
+/// found: --socket, VMK_SOCKET, the `socket` of the host configuration given by the global
+/// --config FILE or VMK_CONFIG (the file `vmk host start --config FILE` runs with), and
+/// the host's default /run/vmk/vmk.sock (a host started without --config has no
+/// configuration file, so there is no default configuration path to read).
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
-    /// The host's API socket [default: /run/vmk/vmk.sock].
+    /// The host's API socket [default: the `socket` of --config FILE, else
+    /// /run/vmk/vmk.sock].
     #[arg(long, value_name = "PATH", env = "VMK_SOCKET", global = true)]
     pub socket: Option<PathBuf>,
     /// The host's TCP API, http://HOST:PORT, instead of the socket (needs --token-file).
@@ -49,6 +53,9 @@ pub struct ConnArgs {
     /// A file holding the TCP API's bearer token.
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The host configuration (the global --config / VMK_CONFIG, filled in by `main`).
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
 }
 
 impl ConnArgs {
@@ -61,18 +68,34 @@ impl ConnArgs {
             (None, Some(_)) => {
                 Err("--token-file goes with --url (the Unix socket needs no token)".into())
             }
-            (None, None) => Ok(Client::unix(
-                self.socket
-                    .clone()
-                    .unwrap_or_else(vmk_api::model::default_socket),
-            )),
+            (None, None) => Ok(Client::unix(self.socket_path()?)),
+        }
+    }
+
+    /// The API socket: --socket or VMK_SOCKET, else the configuration's `socket` (its
+    /// default when the file has none), else the host's default.
+    pub fn socket_path(&self) -> Result<PathBuf, CmdError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        match &self.config {
+            Some(c) => Ok(load_config(Some(c))
+                .map_err(|e| {
+                    format!(
+                        "{e} (the host configuration named by --config or VMK_CONFIG, read \
+                         for its `socket`; or give the socket with --socket)"
+                    )
+                })?
+                .socket),
+            None => Ok(vmk_api::model::default_socket()),
         }
     }
 }
 
-pub fn run(cmd: HostCommand) -> Result<(), CmdError> {
+/// Runs `cmd`; `config` is the global --config (or VMK_CONFIG).
+pub fn run(cmd: HostCommand, config: Option<&Path>) -> Result<(), CmdError> {
     match cmd {
-        HostCommand::Start { config } => start(config.as_deref()),
+        HostCommand::Start => start(config),
         HostCommand::Info { conn, json } => {
             let info = conn.client()?.host_info()?;
             let mut out = std::io::stdout().lock();
@@ -235,6 +258,7 @@ mod tests {
             socket: None,
             url: None,
             token_file: None,
+            config: None,
         };
         assert_eq!(
             c.client().unwrap().endpoint(),
@@ -254,6 +278,7 @@ mod tests {
             socket: Some("/s.sock".into()),
             url: Some("http://127.0.0.1:7480".into()),
             token_file: Some(token.clone()),
+            config: None,
         };
         assert!(matches!(
             both.client().unwrap().endpoint(),
@@ -268,5 +293,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("goes with --url"));
+    }
+
+    /// The socket: --socket / VMK_SOCKET first, then the configuration's `socket`, then
+    /// the default; a configuration that cannot be read is an error naming it.
+    #[test]
+    fn socket_from_the_host_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("host.toml");
+        std::fs::write(&cfg, "socket = \"/srv/vmk/api.sock\"\n").unwrap();
+        let c = |socket: Option<&str>, config: Option<&Path>| ConnArgs {
+            socket: socket.map(PathBuf::from),
+            url: None,
+            token_file: None,
+            config: config.map(Path::to_path_buf),
+        };
+        let sock = |c: ConnArgs| c.socket_path().unwrap();
+        assert_eq!(
+            sock(c(None, Some(&cfg))),
+            PathBuf::from("/srv/vmk/api.sock")
+        );
+        assert_eq!(
+            sock(c(Some("/s.sock"), Some(&cfg))),
+            PathBuf::from("/s.sock")
+        );
+        assert_eq!(sock(c(None, None)), vmk_api::model::default_socket());
+        // A configuration without `socket`: the host's default, as the host would use.
+        let bare = dir.path().join("bare.toml");
+        std::fs::write(&bare, "dir = \"/srv/vmk\"\n").unwrap();
+        assert_eq!(
+            sock(c(None, Some(&bare))),
+            vmk_api::model::default_socket()
+        );
+        let e = c(None, Some(&dir.path().join("none.toml")))
+            .client()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("none.toml") && e.contains("--config or VMK_CONFIG"),
+            "{e}"
+        );
     }
 }

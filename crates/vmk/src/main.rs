@@ -21,6 +21,7 @@ mod term;
 mod top;
 mod vm;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,8 +33,46 @@ use clap::{Parser, Subcommand};
     about = "vmk: a hypervisor running Debian riscv64 Linux guests on a software RISC-V CPU"
 )]
 struct Cli {
+    /// The host configuration (TOML): what `vmk host start` runs with, and where the
+    /// other host commands (vm, vswitch, ...) find the host's API socket (its `socket`;
+    /// --socket and VMK_SOCKET come first).
+    #[arg(long, value_name = "FILE", env = "VMK_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Command {
+    /// The connection options of a command that talks to a host's API.
+    fn conn_mut(&mut self) -> Option<&mut host::ConnArgs> {
+        match self {
+            Command::Vm(a) => Some(&mut a.conn),
+            Command::Host(host::HostCommand::Info { conn, .. }) => Some(conn),
+            Command::Vswitch(a) => Some(&mut a.conn),
+            Command::Portgroup(a) => Some(&mut a.conn),
+            Command::Uplink(a) => Some(&mut a.conn),
+            Command::Network(a) => Some(&mut a.conn),
+            Command::Host(host::HostCommand::Start)
+            | Command::Image(_)
+            | Command::Disk(_)
+            | Command::Run(_)
+            | Command::Datastore(_) => None,
+        }
+    }
+}
+
+/// Parses the command line; the global --config goes to the command's connection options.
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cli = Cli::try_parse_from(args)?;
+    let config = cli.config.clone();
+    if let Some(conn) = cli.command.conn_mut() {
+        conn.config = config;
+    }
+    Ok(cli)
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,12 +107,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Run(args) => run::run(args),
         Command::Disk(cmd) => disk::run(cmd).map(|()| 0),
-        Command::Host(cmd) => host::run(cmd).map(|()| 0),
+        Command::Host(cmd) => host::run(cmd, cli.config.as_deref()).map(|()| 0),
         Command::Vm(args) => vm::run(args).map(|()| 0),
         Command::Datastore(cmd) => datastore::run(cmd).map(|()| 0),
         Command::Vswitch(a) => net::run_vswitch(a).map(|()| 0),
@@ -131,13 +170,30 @@ mod tests {
 
     #[test]
     fn host_and_vm_parse() {
-        let cli = Cli::try_parse_from(["vmk", "host", "start", "--config", "/etc/vmk/host.toml"])
-            .unwrap();
-        let Command::Host(host::HostCommand::Start { config }) = cli.command else {
-            panic!("not host start");
-        };
-        assert_eq!(config, Some(std::path::PathBuf::from("/etc/vmk/host.toml")));
+        for args in [
+            &["vmk", "host", "start", "--config", "/etc/vmk/host.toml"][..],
+            &["vmk", "--config", "/etc/vmk/host.toml", "host", "start"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(matches!(
+                cli.command,
+                Command::Host(host::HostCommand::Start)
+            ));
+            assert_eq!(cli.config, Some(PathBuf::from("/etc/vmk/host.toml")));
+        }
         assert!(Cli::try_parse_from(["vmk", "host", "start", "--socket", "/s"]).is_err());
+        // Every API command gets the global --config, wherever it is given.
+        for args in [
+            &["vmk", "--config", "/h.toml", "vm", "list"][..],
+            &["vmk", "vm", "list", "--config", "/h.toml"],
+            &["vmk", "--config", "/h.toml", "host", "info"],
+            &["vmk", "--config", "/h.toml", "vswitch", "list"],
+            &["vmk", "--config", "/h.toml", "network"],
+        ] {
+            let mut cli = parse(args).unwrap();
+            let conn = cli.command.conn_mut().expect("an API command");
+            assert_eq!(conn.config, Some(PathBuf::from("/h.toml")), "{args:?}");
+        }
 
         // Connection options go before or after the VM subcommand.
         for args in [
@@ -223,7 +279,7 @@ mod tests {
         let cli = Cli::try_parse_from(&args).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Host(host::HostCommand::Start { .. })
+            Command::Host(host::HostCommand::Start)
         ));
     }
 }

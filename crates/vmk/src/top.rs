@@ -1,6 +1,12 @@
 //! `vmk vm top`: the host's VMs live, like esxtop. Each frame compares two samples of
-//! `GET /v1/metrics`: %CPU from the vCPU threads' CPU time, MIPS from instructions retired,
+//! `GET /v1/metrics`: %USED from the vCPU threads' CPU time, MIPS from instructions retired,
 //! disk IOPS and MB/s from the disk counters, over the time between the samples.
+//!
+//! %USED is esxtop's: host CPU time per wall-clock time, in % of ONE host CPU, not of the
+//! host. A VM whose one vCPU is busy shows 100 when it gets a whole host CPU, a VM with two
+//! busy vCPUs 200, whatever the host has; the host line shows the host process's %USED
+//! next to what its CPUs allow (`of 200` on 2 CPUs). A busy vCPU below 100 did not get a
+//! whole host CPU (other threads or processes had it).
 
 use std::io::{Read, Write};
 use std::sync::mpsc;
@@ -47,8 +53,9 @@ fn delta(prev: u64, cur: u64) -> u64 {
 /// Rates of one VM between two samples.
 #[derive(Debug, PartialEq)]
 pub struct Rates {
-    /// Host CPU used by all its vCPUs, in % of one host CPU (can exceed 100).
-    pub cpu_pct: f64,
+    /// %USED: host CPU used by all its vCPUs, in % of one host CPU (100 = one CPU; a VM
+    /// with 2 busy vCPUs is at 200).
+    pub used_pct: f64,
     pub mips: f64,
     pub iops: f64,
     /// Disk MB/s (10^6 bytes), reads plus writes.
@@ -73,7 +80,7 @@ pub fn rates(prev: &VmMetrics, cur: &VmMetrics, dt: Duration) -> Rates {
     let (p_ops, p_bytes) = disk(prev);
     let (c_ops, c_bytes) = disk(cur);
     Rates {
-        cpu_pct: cpu_ns as f64 / 1e9 / secs * 100.0,
+        used_pct: cpu_ns as f64 / 1e9 / secs * 100.0,
         mips: instret as f64 / secs / 1e6,
         iops: delta(p_ops, c_ops) as f64 / secs,
         mbps: delta(p_bytes, c_bytes) as f64 / secs / 1e6,
@@ -84,20 +91,22 @@ pub fn rates(prev: &VmMetrics, cur: &VmMetrics, dt: Duration) -> Rates {
 pub fn render(prev: &HostMetrics, cur: &HostMetrics, dt: Duration) -> String {
     let h = &cur.host;
     let secs = dt.as_secs_f64().max(1e-9);
-    let host_cpu = delta(prev.cpu_time_ns, cur.cpu_time_ns) as f64 / 1e9 / secs * 100.0;
+    // The same unit as the VMs' %USED: 100 = one host CPU.
+    let host_used = delta(prev.cpu_time_ns, cur.cpu_time_ns) as f64 / 1e9 / secs * 100.0;
     let mut s = format!(
-        "vmk top - {} up {}, {} VMs ({} running), host CPU {:.1}% of {} CPUs, RSS {}\n\n",
+        "vmk top - {} up {}, {} VMs ({} running), host %USED {:.1} of {} ({} CPUs), RSS {}\n\n",
         h.hostname,
         fmt_duration(h.uptime_secs),
         h.vms,
         h.vms_running,
-        host_cpu,
+        host_used,
+        u64::from(h.cpus) * 100,
         h.cpus,
         fmt_bytes(cur.rss)
     );
     s += &format!(
         "{:<20} {:<8} {:>4} {:>7} {:>9} {:>15} {:>8} {:>8}\n",
-        "NAME", "STATE", "VCPU", "%CPU", "MIPS", "MEM TOUCHED", "IOPS", "MB/s"
+        "NAME", "STATE", "VCPU", "%USED", "MIPS", "MEM TOUCHED", "IOPS", "MB/s"
     );
     for vm in &cur.vms {
         let mem = format!(
@@ -109,7 +118,7 @@ pub fn render(prev: &HostMetrics, cur: &HostMetrics, dt: Duration) -> String {
             Some(p) => {
                 let r = rates(p, vm, dt);
                 (
-                    format!("{:.1}", r.cpu_pct),
+                    format!("{:.1}", r.used_pct),
                     format!("{:.1}", r.mips),
                     format!("{:.0}", r.iops),
                     format!("{:.2}", r.mbps),
@@ -252,8 +261,8 @@ mod tests {
     #[test]
     fn rates_from_deltas() {
         let dt = Duration::from_secs(2);
-        // Each vCPU used 0.5 s in 2 s: 2 x 25% = 50%; 200M instructions in 2 s = 100 MIPS;
-        // 2 x 100 ops = 100 IOPS; 2 x 1 MB = 1 MB/s.
+        // Each vCPU used 0.5 s in 2 s: 2 x 25% = 50 %USED; 200M instructions in 2 s =
+        // 100 MIPS; 2 x 100 ops = 100 IOPS; 2 x 1 MB = 1 MB/s.
         let r = rates(
             &vm("a", 0, 0, 0, 0),
             &vm("a", 500_000_000, 200_000_000, 100, 1_000_000),
@@ -262,7 +271,7 @@ mod tests {
         assert_eq!(
             r,
             Rates {
-                cpu_pct: 50.0,
+                used_pct: 50.0,
                 mips: 100.0,
                 iops: 100.0,
                 mbps: 1.0
@@ -274,7 +283,44 @@ mod tests {
             &vm("a", 1_000_000_000, 0, 0, 0),
             dt,
         );
-        assert_eq!(r.cpu_pct, 100.0);
+        assert_eq!(r.used_pct, 100.0);
+    }
+
+    /// esxtop's %USED: 100 = one host CPU, whatever the host has. A busy 1-vCPU VM on a
+    /// 2-CPU host is at 100 (not 50), a VM with 2 busy vCPUs at 200.
+    #[test]
+    fn used_is_per_host_cpu() {
+        let dt = Duration::from_secs(1);
+        let one = |ns: u64| VmMetrics {
+            vcpus: vec![VcpuMetrics {
+                cpu_time_ns: ns,
+                instret: 0,
+            }],
+            ..vm("one", 0, 0, 0, 0)
+        };
+        assert_eq!(rates(&one(0), &one(1_000_000_000), dt).used_pct, 100.0);
+        // Both vCPUs of `vm` busy for the whole second.
+        let r = rates(
+            &vm("two", 0, 0, 0, 0),
+            &vm("two", 1_000_000_000, 0, 0, 0),
+            dt,
+        );
+        assert_eq!(r.used_pct, 200.0);
+        // On the 2-CPU host of `host`: the busy 1-vCPU VM shows 100.0, and the host line
+        // puts the host process's %USED next to the 200 its 2 CPUs allow.
+        let f = render(
+            &host(0, vec![one(0)]),
+            &host(1_000_000_000, vec![one(1_000_000_000)]),
+            dt,
+        );
+        let lines: Vec<_> = f.lines().collect();
+        assert!(
+            lines[0].ends_with("host %USED 100.0 of 200 (2 CPUs), RSS 300M"),
+            "{f}"
+        );
+        assert!(lines[2].contains("  %USED  "), "{f}");
+        assert!(lines[3].starts_with("one "), "{f}");
+        assert_eq!(lines[3].split_whitespace().nth(3), Some("100.0"), "{f}");
     }
 
     #[test]
@@ -291,11 +337,11 @@ mod tests {
         let lines: Vec<_> = f.lines().collect();
         assert_eq!(
             lines[0],
-            "vmk top - h1 up 1h 01m, 2 VMs (2 running), host CPU 50.0% of 2 CPUs, RSS 300M"
+            "vmk top - h1 up 1h 01m, 2 VMs (2 running), host %USED 50.0 of 200 (2 CPUs), RSS 300M"
         );
         assert_eq!(
             lines[2],
-            "NAME                 STATE    VCPU    %CPU      MIPS     MEM TOUCHED     IOPS     MB/s"
+            "NAME                 STATE    VCPU   %USED      MIPS     MEM TOUCHED     IOPS     MB/s"
         );
         assert_eq!(
             lines[3],

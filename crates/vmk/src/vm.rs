@@ -65,7 +65,8 @@ pub enum VmCommand {
     Delete { name: String },
     /// Attach to the VM's serial console (Ctrl-A d detaches; the VM keeps running).
     Console { name: String },
-    /// Live per-VM CPU, instructions, memory and disk I/O, like esxtop (q quits).
+    /// Live per-VM CPU, instructions, memory and disk I/O, like esxtop (q quits). %USED is
+    /// esxtop's: 100 = one host CPU (a VM with 2 busy vCPUs shows 200).
     Top(top::TopArgs),
 }
 
@@ -454,10 +455,13 @@ pub fn format_info(vm: &VmInfo, now: u64) -> String {
     }
     let r = &d.resources;
     let opt = |v: Option<String>, none: &str| v.unwrap_or_else(|| none.to_string());
+    // Stored and validated, but nothing acts on them until the CPU scheduler and memory
+    // management exist: say so, rather than let the settings read as in force.
+    const NOT_ENFORCED: &str = " (not enforced yet)";
     add(
         "cpu",
         format!(
-            "shares {}, reservation {} MHz, limit {}, affinity {}",
+            "shares {}, reservation {} MHz, limit {}, affinity {}{NOT_ENFORCED}",
             fmt_shares(&r.cpu_shares),
             r.cpu_reservation_mhz,
             opt(r.cpu_limit_mhz.map(|l| format!("{l} MHz")), "none"),
@@ -470,7 +474,7 @@ pub fn format_info(vm: &VmInfo, now: u64) -> String {
     add(
         "mem",
         format!(
-            "shares {}, reservation {}, limit {}",
+            "shares {}, reservation {}, limit {}{NOT_ENFORCED}",
             fmt_shares(&r.mem_shares),
             fmt_bytes(r.mem_reservation.0),
             opt(r.mem_limit.map(|l| fmt_bytes(l.0)), "none"),
@@ -545,6 +549,46 @@ mod tests {
         let mut out = Vec::new();
         f(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// Resource settings are shown with what they do today: nothing yet.
+    #[test]
+    fn info_says_resources_are_not_enforced_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db.toml");
+        std::fs::write(
+            &p,
+            "name = \"db\"\ncpus = 2\nmemory = \"1G\"\n[boot]\nkernel = \"/k\"\n\
+             [resources]\ncpu_shares = \"high\"\ncpu_limit_mhz = 2000\n\
+             mem_reservation = \"256M\"\n",
+        )
+        .unwrap();
+        let vm = VmInfo {
+            name: "db".into(),
+            state: VmState::Stopped,
+            definition: load_definition(&p).unwrap(),
+            last_exit: None,
+            started_at: None,
+            ended_at: None,
+            boots: 0,
+            nics: vec![],
+        };
+        let t = format_info(&vm, 0);
+        let line = |k: &str| {
+            t.lines()
+                .find(|l| l.starts_with(k))
+                .unwrap_or_else(|| panic!("no {k} in\n{t}"))
+                .to_string()
+        };
+        assert_eq!(
+            line("cpu:"),
+            "cpu:        shares high, reservation 0 MHz, limit 2000 MHz, affinity any host \
+             CPU (not enforced yet)"
+        );
+        assert_eq!(
+            line("mem:"),
+            "mem:        shares normal, reservation 256M, limit none (not enforced yet)"
+        );
     }
 
     #[test]

@@ -210,6 +210,12 @@ fn datastore_paths_are_dev_colon_path() {
     std::fs::write(&blob, vec![5u8; 70_000]).unwrap();
     ok(&["datastore", "cp", &blob.to_string_lossy(), &at("/a/b")]);
     let ls = ok(&["datastore", "ls", &at("/a/b")]);
+    let header: Vec<&str> = ls.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["T", "SIZE", "ALLOCATED", "MODIFIED", "NAME"],
+        "ls has a header:\n{ls}"
+    );
     assert!(
         ls.lines()
             .any(|l| l.starts_with('-') && l.ends_with("  blob")),

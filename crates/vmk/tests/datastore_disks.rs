@@ -219,7 +219,21 @@ fn a_guest_writes_a_vmdk_on_a_datastore_and_a_second_host_cannot_take_it_until_t
         assert!(rep.is_clean(), "{rep}");
     }
 
-    // 2. One writer: host 1 runs a VM on the disk; host 2's VM on it is refused.
+    // 2. One writer: host 1 runs a VM on the disk; host 2's VM on it is refused. A host
+    //    gives a disk to one of its VMs at a time: a second VM of host 1 on it is refused
+    //    at create, naming the first, until that one is deleted.
+    let out = a.vmk_raw(&[
+        "vm",
+        "create",
+        &define(root, &image, "holder", "hold", disk),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is a disk of VM 'writer'"),
+        "{}: {err}",
+        out.status
+    );
+    a.vmk(&["vm", "delete", "writer"]);
     a.vmk(&[
         "vm",
         "create",
