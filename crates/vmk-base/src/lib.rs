@@ -1,7 +1,7 @@
 //! vmk's base crate: the few things every crate needs and none should write again (as
 //! crosvm's `base` is for crosvm). No dependencies, no policy beyond what is written here.
 //!
-//! - [`lock`], [`read`], [`write`]: locks with one poison policy.
+//! - [`lock`], [`read`], [`write`](fn@write): locks with one poison policy.
 //! - [`fs::write_atomic`]: a file replaced whole or not at all, durably.
 //! - [`fmt`]: times and sizes for people.
 

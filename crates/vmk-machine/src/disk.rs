@@ -1,7 +1,7 @@
 //! Opens a VM's virtual disks: VMDK images through vmk-vmdk, anything else as a raw image
 //! (detected as QEMU probes: the sparse magic or a text descriptor means VMDK).
 
-use crate::vm::{DiskSpec, VmError};
+use crate::config::{DiskSpec, VmError};
 use std::io;
 use vmk_devices::{BlockBackend, RawFileBackend};
 use vmk_vmdk::{detect_format, DiskFormat, OpenMode, Vmdk};

@@ -1,6 +1,7 @@
 //! Assembles a vmk virtual machine: guest memory map, devices, device tree, kernel loading,
 //! the SBI, and one host thread per vCPU.
 
+mod config;
 pub mod datastore;
 mod disk;
 pub mod fdt;
@@ -8,10 +9,8 @@ pub mod loader;
 pub mod sbi;
 mod vm;
 
-pub use vm::{
-    vcpu_thread_name, Console, DiskSpec, DiskStats, DiskStorage, NicSpec, PowerButton, VcpuStats,
-    Vm, VmConfig, VmController, VmError, VmOutcome, VmStats,
-};
+pub use config::{Console, DiskSpec, DiskStorage, NicSpec, VmConfig, VmError, VmOutcome};
+pub use vm::{vcpu_thread_name, DiskStats, PowerButton, VcpuStats, Vm, VmController, VmStats};
 
 /// The guest physical memory map (compatible with QEMU's `virt` machine where it overlaps, so
 /// that the same kernels and bare-metal programs run on both).

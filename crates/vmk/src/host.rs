@@ -321,10 +321,7 @@ mod tests {
         // A configuration without `socket`: the host's default, as the host would use.
         let bare = dir.path().join("bare.toml");
         std::fs::write(&bare, "dir = \"/srv/vmk\"\n").unwrap();
-        assert_eq!(
-            sock(c(None, Some(&bare))),
-            vmk_api::model::default_socket()
-        );
+        assert_eq!(sock(c(None, Some(&bare))), vmk_api::model::default_socket());
         let e = c(None, Some(&dir.path().join("none.toml")))
             .client()
             .unwrap_err()
