@@ -206,7 +206,7 @@ impl ConsoleHub {
     }
 
     fn lock(&self) -> MutexGuard<'_, HubInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        vmk_base::lock(&self.inner)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -331,7 +331,7 @@ struct PumpShared {
 
 impl PumpShared {
     fn lock(&self) -> MutexGuard<'_, PumpBuf> {
-        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+        vmk_base::lock(&self.buf)
     }
 }
 

@@ -10,9 +10,9 @@
 //! `[A-Za-z0-9._-]` (no `/`, no leading `.`), so a name never leaves `vms/`. Loading checks
 //! the directory name the same way and requires it to equal the definition's name.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -56,36 +56,9 @@ pub fn vm_dir(root: &Path, name: &str) -> io::Result<PathBuf> {
     Ok(root.join(VMS_DIR).join(name))
 }
 
-/// Writes `data` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename over `path`, fsync of the directory. A crash leaves the old or the new file,
-/// never a torn one.
+/// Writes a file of the inventory whole or not at all, durably, private to the host (0600).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let r = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    vmk_base::fs::write_atomic(path, data, 0o600)
 }
 
 /// The definition as stored.

@@ -129,11 +129,8 @@ struct VmEntry {
     console: Arc<ConsoleHub>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while a lock is held leaves consistent data here (every update is one
-    // assignment), so poisoning is ignored rather than spreading the panic to the API.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+// Every update of a VM's state is one assignment: the poison policy of vmk_base::lock holds.
+use vmk_base::lock;
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()

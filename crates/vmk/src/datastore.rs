@@ -194,18 +194,7 @@ fn ds_target<'a>(
 
 /// A size for people: `1.5 GiB`.
 pub(crate) fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < U.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[u])
-    }
+    vmk_base::fmt::size(n)
 }
 
 struct Progress {

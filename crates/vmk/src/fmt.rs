@@ -51,24 +51,7 @@ pub fn fmt_duration(secs: u64) -> String {
 
 /// Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn fmt_time(unix: u64) -> String {
-    // Days to civil date (Howard Hinnant's algorithm), valid for every u64 day count here.
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    vmk_base::fmt::utc(unix)
 }
 
 pub fn fmt_exit(e: &ExitInfo) -> String {

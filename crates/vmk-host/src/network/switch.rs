@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use vmk_api::model::{validate_name, HostError, NicDrops, NicMetrics};
 use vmk_api::network::{
@@ -57,10 +57,8 @@ pub struct Network {
     pub(super) st: Mutex<State>,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update of the state is completed before anything can panic.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+// Every update of the state is completed before anything can panic (vmk_base::lock's policy).
+pub(super) use vmk_base::lock;
 
 /// The counters of a port as the API shows them.
 pub fn nic_metrics(portgroup: &str, mac: &str, s: &PortStats) -> NicMetrics {
