@@ -337,166 +337,15 @@ pub fn vcpu_thread_name(vm: Option<&str>, i: usize) -> String {
 
 impl Vm {
     pub fn new(cfg: VmConfig) -> Result<Vm, VmError> {
-        if cfg.cpus == 0 || cfg.cpus > 64 {
-            return Err(VmError::BadCpuCount(cfg.cpus));
-        }
-        if cfg.memory < MIN_RAM {
-            return Err(VmError::MemoryTooSmall(cfg.memory >> 20, MIN_RAM >> 20));
-        }
-        if cfg.memory > MAX_RAM {
-            return Err(VmError::MemoryTooLarge(cfg.memory >> 30, MAX_RAM >> 30));
-        }
-        if cfg.fault_on_console.is_some() && !cfg!(debug_assertions) {
-            return Err(VmError::FaultInjectionUnavailable);
-        }
-        if (cfg.disks.len() + cfg.nics.len()) as u64 > VIRTIO_SLOTS {
-            return Err(VmError::Devices(format!(
-                "{} disks and {} NICs: a VM has at most {VIRTIO_SLOTS} virtio devices in all",
-                cfg.disks.len(),
-                cfg.nics.len()
-            )));
-        }
+        check_config(&cfg)?;
         let mut backends = Vec::new();
         for d in &cfg.disks {
             backends.push(crate::disk::open(d)?);
         }
-        let kernel = loader::load_kernel(&cfg.kernel)?;
-        let initrd_len = match &cfg.initrd {
-            Some(p) => Some(loader::initrd_len(p)?),
-            None => None,
-        };
         let ram_size = cfg.memory & !0xfff;
-        let mem = GuestMemory::new(
-            &[RamRange {
-                base: RAM_BASE,
-                size: ram_size,
-            }],
-            &[
-                MmioRange {
-                    base: TEST_BASE,
-                    size: TEST_SIZE,
-                },
-                MmioRange {
-                    base: PLIC_BASE,
-                    size: PLIC_SIZE,
-                },
-                MmioRange {
-                    base: UART_BASE,
-                    size: UART_SIZE,
-                },
-                MmioRange {
-                    // The disks' and NICs' slots, then the power button's.
-                    base: VIRTIO_BASE,
-                    size: VIRTIO_STRIDE * (VIRTIO_SLOTS + 1),
-                },
-            ],
-        )?;
-        let ram_mib = ram_size >> 20;
-        // The device tree lives in the top 64 KiB of RAM; the kernel must end below it.
-        let fdt_slot = 64 << 10;
-        if kernel.footprint > ram_size - fdt_slot {
-            return Err(LoadError::TooBig {
-                what: "the kernel",
-                size: kernel.footprint,
-                ram: ram_mib,
-                at: RAM_BASE,
-            }
-            .into());
-        }
-        for seg in &kernel.segments {
-            let base = RAM_BASE + seg.ram_offset;
-            loader::copy_file(&cfg.kernel, seg.file_offset, seg.len, |off, bytes| {
-                mem.write(base + off, bytes).map_err(|e| e.to_string())
-            })
-            .map_err(|what| LoadError::BadKernel {
-                path: cfg.kernel.display().to_string(),
-                what,
-            })?;
-        }
-        // Device tree at the top of RAM, the initrd below it, both clear of the kernel.
-        let fdt_addr = RAM_BASE + ram_size - fdt_slot;
-        let initrd_range = match (&cfg.initrd, initrd_len) {
-            (Some(path), Some(len)) => {
-                let start = fdt_addr.saturating_sub(len) & !0xfff;
-                if start < RAM_BASE + kernel.footprint + (2 << 20) {
-                    return Err(LoadError::TooBig {
-                        what: "the initrd",
-                        size: len,
-                        ram: ram_mib,
-                        at: start,
-                    }
-                    .into());
-                }
-                loader::copy_file(path, 0, len, |off, bytes| {
-                    mem.write(start + off, bytes).map_err(|e| e.to_string())
-                })
-                .map_err(|what| LoadError::ReadInitrd {
-                    path: path.display().to_string(),
-                    err: std::io::Error::other(what),
-                })?;
-                Some((start, start + len))
-            }
-            _ => None,
-        };
-        let dtb = fdt::build(&FdtConfig {
-            cpus: cfg.cpus,
-            ram_base: RAM_BASE,
-            ram_size,
-            bootargs: cfg.cmdline.clone(),
-            initrd: initrd_range,
-            timebase_hz: TIMEBASE_HZ as u32,
-            virtio: (0..(backends.len() + cfg.nics.len()) as u32)
-                .map(|i| (virtio_base(i), virtio_irq(i)))
-                .chain([(POWER_BUTTON_BASE, POWER_BUTTON_IRQ)])
-                .collect(),
-        })
-        .map_err(|e| VmError::Fdt(e.to_string()))?;
-        if dtb.len() as u64 > fdt_slot {
-            return Err(VmError::Fdt(format!(
-                "device tree is {} bytes, more than its {} byte slot",
-                dtb.len(),
-                fdt_slot
-            )));
-        }
-        mem.write(fdt_addr, &dtb)?;
-
+        let guest = load_guest(&cfg, ram_size, backends.len() + cfg.nics.len())?;
         let clock = Instant::now();
-        let time_fn: vmk_cpu::TimeFn = Arc::new(move || {
-            (clock.elapsed().as_nanos() * TIMEBASE_HZ as u128 / 1_000_000_000) as u64
-        });
-        let mut harts = Vec::new();
-        for id in 0..cfg.cpus as u64 {
-            let mut h = Hart::new(
-                mem.clone(),
-                HartConfig {
-                    hart_id: id,
-                    start_mode: PrivMode::Supervisor,
-                    sbi_exits: true,
-                    timebase_hz: TIMEBASE_HZ,
-                    time_fn: Some(time_fn.clone()),
-                    exit_on_interrupt: 0,
-                    // VMK_JIT=0 runs the interpreter alone (to compare, or to rule the
-                    // block compiler out when chasing a guest problem).
-                    jit: std::env::var_os("VMK_JIT").is_none_or(|v| v != "0"),
-                    ..HartConfig::default()
-                },
-            );
-            // The hypervisor is the M-mode firmware: delegate everything it can to S-mode,
-            // as OpenSBI does, and let S-mode read the counters.
-            h.set_csr(csr_addr::MEDELEG, 0xb1ff);
-            h.set_csr(csr_addr::MIDELEG, 0x222);
-            h.set_csr(csr_addr::MCOUNTEREN, 0xffff_ffff);
-            // As OpenSBI does: user mode may read cycle, time and instret unless the kernel
-            // says otherwise (Linux's legacy PMU driver relies on this; the vDSO and glibc
-            // read `time` directly).
-            h.set_csr(csr_addr::SCOUNTEREN, 0x7);
-            h.set_csr(csr_addr::MENVCFG, 0);
-            harts.push(h);
-        }
-        harts[0].set_pc(RAM_BASE + kernel.entry_offset);
-        harts[0].set_reg(10, 0);
-        harts[0].set_reg(11, fdt_addr);
-
+        let harts = new_harts(&guest, cfg.cpus, clock);
         let power = PowerState::new();
         let slots: Vec<HartSlot> = harts
             .iter()
@@ -512,137 +361,33 @@ impl Vm {
                 waker: Arc::new(Waker::default()),
             })
             .collect();
-        let mut lines: Vec<Arc<dyn IrqLine>> = Vec::new();
-        for slot in &slots {
-            for irq in [Irq::MachineExternal, Irq::SupervisorExternal] {
-                lines.push(Arc::new(HartIrq {
-                    handle: slot.handle.clone(),
-                    waker: slot.waker.clone(),
-                    irq,
-                }));
-            }
-        }
-        let dev_err = |e: vmk_devices::DeviceError| VmError::Devices(e.to_string());
-        let plic = Plic::new(PLIC_SOURCES, lines).map_err(dev_err)?;
-        let uart_irq = plic
-            .source(UART_IRQ)
-            .map(|s| Arc::new(s) as Arc<dyn IrqLine>);
-        let writer = ConsoleWriter {
-            console: cfg.console.clone(),
-            fault: cfg
-                .fault_on_console
-                .as_ref()
-                .filter(|t| !t.is_empty())
-                .map(|t| (t.as_bytes().to_vec(), Vec::new())),
-        };
-        let uart = Uart::new(Box::new(writer), uart_irq);
-        let uart_input = uart.input();
-        let mut bus = MmioBus::new();
-        let mut disks = Vec::new();
-        bus.register("uart", UART_BASE, UART_SIZE, Arc::new(Mutex::new(uart)))
-            .map_err(dev_err)?;
-        bus.register(
-            "test",
-            TEST_BASE,
-            TEST_SIZE,
-            Arc::new(Mutex::new(SifiveTest::new(power.clone()))),
-        )
-        .map_err(dev_err)?;
-        for (i, (backend, spec)) in backends.into_iter().zip(&cfg.disks).enumerate() {
-            let slot = i as u32;
-            let irq: Arc<dyn IrqLine> =
-                Arc::new(plic.source(virtio_irq(slot)).ok_or_else(|| {
-                    VmError::Devices(format!("no PLIC source {} for disk {i}", virtio_irq(slot)))
-                })?);
-            let blk = VirtioBlk::new(
-                backend,
-                BlockConfig {
-                    read_only: spec.read_only,
-                    serial: spec.serial.clone().unwrap_or_default(),
-                    ..BlockConfig::default()
-                },
-            );
-            let dev = Arc::new(Mutex::new(VirtioMmio::new(blk, mem.clone(), irq)));
-            bus.register(
-                &format!("virtio-blk{i}"),
-                virtio_base(slot),
-                VIRTIO_STRIDE,
-                dev.clone(),
-            )
-            .map_err(dev_err)?;
-            disks.push(dev);
-        }
-        // NICs take the slots after the disks.
-        let first_nic = disks.len();
-        for (i, nic) in cfg.nics.into_iter().enumerate() {
-            let slot = (first_nic + i) as u32;
-            let irq: Arc<dyn IrqLine> =
-                Arc::new(plic.source(virtio_irq(slot)).ok_or_else(|| {
-                    VmError::Devices(format!("no PLIC source {} for NIC {i}", virtio_irq(slot)))
-                })?);
-            let net = VirtioNet::new(nic.backend, NetConfig::default());
-            let dev = Arc::new(Mutex::new(VirtioMmio::new(net, mem.clone(), irq)));
-            bus.register(
-                &format!("virtio-net{i}"),
-                virtio_base(slot),
-                VIRTIO_STRIDE,
-                dev.clone(),
-            )
-            .map_err(dev_err)?;
-            // The I/O thread brings frames from other threads to the guest; it ends
-            // when the device does.
-            NetWaker::start(&dev, &format!("net-{}", nic.name)).map_err(|e| {
-                VmError::Devices(format!(
-                    "NIC {}: cannot start its I/O thread: {e}",
-                    nic.name
-                ))
-            })?;
-        }
-        // The power button: how the host asks the guest to shut down (`vm stop`).
-        let button_irq: Arc<dyn IrqLine> =
-            Arc::new(plic.source(POWER_BUTTON_IRQ).ok_or_else(|| {
-                VmError::Devices(format!(
-                    "no PLIC source {POWER_BUTTON_IRQ} for the power button"
-                ))
-            })?);
-        let power_button = Arc::new(Mutex::new(VirtioMmio::new(
-            VirtioInput::power_button(),
-            mem.clone(),
-            button_irq,
-        )));
-        bus.register(
-            "power-button",
-            POWER_BUTTON_BASE,
-            VIRTIO_STRIDE,
-            power_button.clone(),
-        )
-        .map_err(dev_err)?;
-        bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
-            .map_err(dev_err)?;
-        let counters: Arc<[VcpuCounters]> =
-            (0..cfg.cpus).map(|_| VcpuCounters::default()).collect();
+        let console = cfg.console.clone();
+        let cpus = cfg.cpus;
+        let devices = attach_devices(cfg, backends, &guest.mem, &slots, &power)?;
+        let mem = guest.mem;
+        let counters: Arc<[VcpuCounters]> = (0..cpus).map(|_| VcpuCounters::default()).collect();
         let last = Arc::new(Mutex::new(VmStats {
             memory_configured: ram_size,
             ..VmStats::default()
         }));
         let shared = Arc::new(Shared {
             mem,
-            bus,
+            bus: devices.bus,
             harts: slots,
             counters,
-            disks,
-            power_button,
-            uart_input: uart_input.clone(),
+            disks: devices.disks,
+            power_button: devices.power_button,
+            uart_input: devices.uart_input.clone(),
             stop: AtomicBool::new(false),
             outcome: Mutex::new(None),
-            console: cfg.console.clone(),
+            console,
             power,
             clock,
         });
         Ok(Vm {
             shared,
             harts,
-            uart: uart_input,
+            uart: devices.uart_input,
             last,
             name: None,
         })
@@ -754,6 +499,322 @@ impl Vm {
         }
         o.unwrap_or(VmOutcome::Stopped)
     }
+}
+
+/// What `Vm::new` refuses before it touches anything.
+fn check_config(cfg: &VmConfig) -> Result<(), VmError> {
+    if cfg.cpus == 0 || cfg.cpus > 64 {
+        return Err(VmError::BadCpuCount(cfg.cpus));
+    }
+    if cfg.memory < MIN_RAM {
+        return Err(VmError::MemoryTooSmall(cfg.memory >> 20, MIN_RAM >> 20));
+    }
+    if cfg.memory > MAX_RAM {
+        return Err(VmError::MemoryTooLarge(cfg.memory >> 30, MAX_RAM >> 30));
+    }
+    if cfg.fault_on_console.is_some() && !cfg!(debug_assertions) {
+        return Err(VmError::FaultInjectionUnavailable);
+    }
+    if (cfg.disks.len() + cfg.nics.len()) as u64 > VIRTIO_SLOTS {
+        return Err(VmError::Devices(format!(
+            "{} disks and {} NICs: a VM has at most {VIRTIO_SLOTS} virtio devices in all",
+            cfg.disks.len(),
+            cfg.nics.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Guest RAM with the kernel, the initrd and the device tree in it.
+struct LoadedGuest {
+    mem: Arc<GuestMemory>,
+    /// Where hart 0 starts.
+    entry: u64,
+    /// The device tree's guest physical address (a1 at entry).
+    fdt_addr: u64,
+}
+
+/// Builds guest memory (RAM and the MMIO holes) and loads the kernel, the initrd and a device
+/// tree describing `cfg` with `virtio_devices` disks and NICs.
+fn load_guest(
+    cfg: &VmConfig,
+    ram_size: u64,
+    virtio_devices: usize,
+) -> Result<LoadedGuest, VmError> {
+    let kernel = loader::load_kernel(&cfg.kernel)?;
+    let initrd_len = match &cfg.initrd {
+        Some(p) => Some(loader::initrd_len(p)?),
+        None => None,
+    };
+    let mem = GuestMemory::new(
+        &[RamRange {
+            base: RAM_BASE,
+            size: ram_size,
+        }],
+        &[
+            MmioRange {
+                base: TEST_BASE,
+                size: TEST_SIZE,
+            },
+            MmioRange {
+                base: PLIC_BASE,
+                size: PLIC_SIZE,
+            },
+            MmioRange {
+                base: UART_BASE,
+                size: UART_SIZE,
+            },
+            MmioRange {
+                // The disks' and NICs' slots, then the power button's.
+                base: VIRTIO_BASE,
+                size: VIRTIO_STRIDE * (VIRTIO_SLOTS + 1),
+            },
+        ],
+    )?;
+    let ram_mib = ram_size >> 20;
+    // The device tree lives in the top 64 KiB of RAM; the kernel must end below it.
+    let fdt_slot = 64 << 10;
+    if kernel.footprint > ram_size - fdt_slot {
+        return Err(LoadError::TooBig {
+            what: "the kernel",
+            size: kernel.footprint,
+            ram: ram_mib,
+            at: RAM_BASE,
+        }
+        .into());
+    }
+    for seg in &kernel.segments {
+        let base = RAM_BASE + seg.ram_offset;
+        loader::copy_file(&cfg.kernel, seg.file_offset, seg.len, |off, bytes| {
+            mem.write(base + off, bytes).map_err(|e| e.to_string())
+        })
+        .map_err(|what| LoadError::BadKernel {
+            path: cfg.kernel.display().to_string(),
+            what,
+        })?;
+    }
+    // Device tree at the top of RAM, the initrd below it, both clear of the kernel.
+    let fdt_addr = RAM_BASE + ram_size - fdt_slot;
+    let initrd_range = match (&cfg.initrd, initrd_len) {
+        (Some(path), Some(len)) => {
+            let start = fdt_addr.saturating_sub(len) & !0xfff;
+            if start < RAM_BASE + kernel.footprint + (2 << 20) {
+                return Err(LoadError::TooBig {
+                    what: "the initrd",
+                    size: len,
+                    ram: ram_mib,
+                    at: start,
+                }
+                .into());
+            }
+            loader::copy_file(path, 0, len, |off, bytes| {
+                mem.write(start + off, bytes).map_err(|e| e.to_string())
+            })
+            .map_err(|what| LoadError::ReadInitrd {
+                path: path.display().to_string(),
+                err: std::io::Error::other(what),
+            })?;
+            Some((start, start + len))
+        }
+        _ => None,
+    };
+    let dtb = fdt::build(&FdtConfig {
+        cpus: cfg.cpus,
+        ram_base: RAM_BASE,
+        ram_size,
+        bootargs: cfg.cmdline.clone(),
+        initrd: initrd_range,
+        timebase_hz: TIMEBASE_HZ as u32,
+        virtio: (0..virtio_devices as u32)
+            .map(|i| (virtio_base(i), virtio_irq(i)))
+            .chain([(POWER_BUTTON_BASE, POWER_BUTTON_IRQ)])
+            .collect(),
+    })
+    .map_err(|e| VmError::Fdt(e.to_string()))?;
+    if dtb.len() as u64 > fdt_slot {
+        return Err(VmError::Fdt(format!(
+            "device tree is {} bytes, more than its {} byte slot",
+            dtb.len(),
+            fdt_slot
+        )));
+    }
+    mem.write(fdt_addr, &dtb)?;
+    Ok(LoadedGuest {
+        mem,
+        entry: RAM_BASE + kernel.entry_offset,
+        fdt_addr,
+    })
+}
+
+/// The vCPUs, set up as the M-mode firmware leaves them for S-mode; hart 0 at the kernel's
+/// entry with the device tree in a1 (the others wait for SBI HSM start).
+fn new_harts(guest: &LoadedGuest, cpus: u32, clock: Instant) -> Vec<Hart> {
+    let mem = &guest.mem;
+    let time_fn: vmk_cpu::TimeFn =
+        Arc::new(move || (clock.elapsed().as_nanos() * TIMEBASE_HZ as u128 / 1_000_000_000) as u64);
+    let mut harts = Vec::new();
+    for id in 0..cpus as u64 {
+        let mut h = Hart::new(
+            mem.clone(),
+            HartConfig {
+                hart_id: id,
+                start_mode: PrivMode::Supervisor,
+                sbi_exits: true,
+                timebase_hz: TIMEBASE_HZ,
+                time_fn: Some(time_fn.clone()),
+                exit_on_interrupt: 0,
+                // VMK_JIT=0 runs the interpreter alone (to compare, or to rule the
+                // block compiler out when chasing a guest problem).
+                jit: std::env::var_os("VMK_JIT").is_none_or(|v| v != "0"),
+                ..HartConfig::default()
+            },
+        );
+        // The hypervisor is the M-mode firmware: delegate everything it can to S-mode,
+        // as OpenSBI does, and let S-mode read the counters.
+        h.set_csr(csr_addr::MEDELEG, 0xb1ff);
+        h.set_csr(csr_addr::MIDELEG, 0x222);
+        h.set_csr(csr_addr::MCOUNTEREN, 0xffff_ffff);
+        // As OpenSBI does: user mode may read cycle, time and instret unless the kernel
+        // says otherwise (Linux's legacy PMU driver relies on this; the vDSO and glibc
+        // read `time` directly).
+        h.set_csr(csr_addr::SCOUNTEREN, 0x7);
+        h.set_csr(csr_addr::MENVCFG, 0);
+        harts.push(h);
+    }
+    harts[0].set_pc(guest.entry);
+    harts[0].set_reg(10, 0);
+    harts[0].set_reg(11, guest.fdt_addr);
+    harts
+}
+
+/// The machine's devices on their bus.
+struct Devices {
+    bus: MmioBus,
+    disks: Vec<Arc<Mutex<VirtioMmio<VirtioBlk>>>>,
+    power_button: Arc<Mutex<VirtioMmio<VirtioInput>>>,
+    uart_input: UartInput,
+}
+
+/// The interrupt controller wired to the harts, the UART, the test device, the disks, the
+/// NICs (their I/O threads started) and the power button, each at its place on the bus.
+fn attach_devices(
+    cfg: VmConfig,
+    backends: Vec<Box<dyn vmk_devices::BlockBackend>>,
+    mem: &Arc<GuestMemory>,
+    slots: &[HartSlot],
+    power: &Arc<PowerState>,
+) -> Result<Devices, VmError> {
+    let mut lines: Vec<Arc<dyn IrqLine>> = Vec::new();
+    for slot in slots {
+        for irq in [Irq::MachineExternal, Irq::SupervisorExternal] {
+            lines.push(Arc::new(HartIrq {
+                handle: slot.handle.clone(),
+                waker: slot.waker.clone(),
+                irq,
+            }));
+        }
+    }
+    let dev_err = |e: vmk_devices::DeviceError| VmError::Devices(e.to_string());
+    let plic = Plic::new(PLIC_SOURCES, lines).map_err(dev_err)?;
+    let uart_irq = plic
+        .source(UART_IRQ)
+        .map(|s| Arc::new(s) as Arc<dyn IrqLine>);
+    let writer = ConsoleWriter {
+        console: cfg.console.clone(),
+        fault: cfg
+            .fault_on_console
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(|t| (t.as_bytes().to_vec(), Vec::new())),
+    };
+    let uart = Uart::new(Box::new(writer), uart_irq);
+    let uart_input = uart.input();
+    let mut bus = MmioBus::new();
+    let mut disks = Vec::new();
+    bus.register("uart", UART_BASE, UART_SIZE, Arc::new(Mutex::new(uart)))
+        .map_err(dev_err)?;
+    bus.register(
+        "test",
+        TEST_BASE,
+        TEST_SIZE,
+        Arc::new(Mutex::new(SifiveTest::new(power.clone()))),
+    )
+    .map_err(dev_err)?;
+    for (i, (backend, spec)) in backends.into_iter().zip(&cfg.disks).enumerate() {
+        let slot = i as u32;
+        let irq: Arc<dyn IrqLine> = Arc::new(plic.source(virtio_irq(slot)).ok_or_else(|| {
+            VmError::Devices(format!("no PLIC source {} for disk {i}", virtio_irq(slot)))
+        })?);
+        let blk = VirtioBlk::new(
+            backend,
+            BlockConfig {
+                read_only: spec.read_only,
+                serial: spec.serial.clone().unwrap_or_default(),
+                ..BlockConfig::default()
+            },
+        );
+        let dev = Arc::new(Mutex::new(VirtioMmio::new(blk, mem.clone(), irq)));
+        bus.register(
+            &format!("virtio-blk{i}"),
+            virtio_base(slot),
+            VIRTIO_STRIDE,
+            dev.clone(),
+        )
+        .map_err(dev_err)?;
+        disks.push(dev);
+    }
+    // NICs take the slots after the disks.
+    let first_nic = disks.len();
+    for (i, nic) in cfg.nics.into_iter().enumerate() {
+        let slot = (first_nic + i) as u32;
+        let irq: Arc<dyn IrqLine> = Arc::new(plic.source(virtio_irq(slot)).ok_or_else(|| {
+            VmError::Devices(format!("no PLIC source {} for NIC {i}", virtio_irq(slot)))
+        })?);
+        let net = VirtioNet::new(nic.backend, NetConfig::default());
+        let dev = Arc::new(Mutex::new(VirtioMmio::new(net, mem.clone(), irq)));
+        bus.register(
+            &format!("virtio-net{i}"),
+            virtio_base(slot),
+            VIRTIO_STRIDE,
+            dev.clone(),
+        )
+        .map_err(dev_err)?;
+        // The I/O thread brings frames from other threads to the guest; it ends
+        // when the device does.
+        NetWaker::start(&dev, &format!("net-{}", nic.name)).map_err(|e| {
+            VmError::Devices(format!(
+                "NIC {}: cannot start its I/O thread: {e}",
+                nic.name
+            ))
+        })?;
+    }
+    // The power button: how the host asks the guest to shut down (`vm stop`).
+    let button_irq: Arc<dyn IrqLine> =
+        Arc::new(plic.source(POWER_BUTTON_IRQ).ok_or_else(|| {
+            VmError::Devices(format!(
+                "no PLIC source {POWER_BUTTON_IRQ} for the power button"
+            ))
+        })?);
+    let power_button = Arc::new(Mutex::new(VirtioMmio::new(
+        VirtioInput::power_button(),
+        mem.clone(),
+        button_irq,
+    )));
+    bus.register(
+        "power-button",
+        POWER_BUTTON_BASE,
+        VIRTIO_STRIDE,
+        power_button.clone(),
+    )
+    .map_err(dev_err)?;
+    bus.register("plic", PLIC_BASE, PLIC_SIZE, Arc::new(Mutex::new(plic)))
+        .map_err(dev_err)?;
+    Ok(Devices {
+        bus,
+        disks,
+        power_button,
+        uart_input,
+    })
 }
 
 struct CallCtx<'a> {
