@@ -34,7 +34,7 @@ pub enum VmCommand {
     /// Replace a stopped VM's definition with a TOML file (as `vmk vm create FILE` takes;
     /// relative paths are relative to the file's directory). The file's `name` must be NAME
     /// (VMs cannot be renamed). The VM keeps its state, last exit and console log. Print the
-    /// current definition with `vmk vm info NAME --json`.
+    /// current definition with `vmk vm info NAME --toml`.
     Edit { name: String, file: PathBuf },
     /// Change settings of a stopped VM: `vmk vm set web1 cpus=4 memory=2G`.
     ///
@@ -60,6 +60,10 @@ pub enum VmCommand {
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
+        /// Print only the definition, as TOML: a file for `vmk vm edit NAME FILE` (or
+        /// `vmk vm create`).
+        #[arg(long, conflicts_with = "json")]
+        toml: bool,
     },
     /// Start a stopped or crashed VM.
     Start { name: String },
@@ -96,7 +100,7 @@ pub fn run(args: VmArgs) -> Result<(), CmdError> {
         VmCommand::Edit { name, file } => edit(&c, &name, &file, out),
         VmCommand::Set { name, settings } => set(&c, &name, &settings, out),
         VmCommand::List { json } => list(&c, json, out),
-        VmCommand::Info { name, json } => info(&c, &name, json, out),
+        VmCommand::Info { name, json, toml } => info(&c, &name, json, toml, out),
         VmCommand::Start { name } => report(out, &c.start(&name)?),
         VmCommand::Stop {
             name,
@@ -274,9 +278,19 @@ fn list(c: &Client, json: bool, out: &mut dyn Write) -> Result<(), CmdError> {
     Ok(())
 }
 
-fn info(c: &Client, name: &str, json: bool, out: &mut dyn Write) -> Result<(), CmdError> {
+fn info(
+    c: &Client,
+    name: &str,
+    json: bool,
+    toml: bool,
+    out: &mut dyn Write,
+) -> Result<(), CmdError> {
     let vm = c.info(name)?;
-    if json {
+    if toml {
+        let text = toml::to_string(&vm.definition)
+            .map_err(|e| format!("cannot write VM '{name}' as TOML: {e}"))?;
+        out.write_all(text.as_bytes())?;
+    } else if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&vm)?)?;
     } else {
         out.write_all(format_info(&vm, now_unix()).as_bytes())?;
@@ -741,7 +755,7 @@ mod tests {
         assert_eq!(lines[0], "NAME  STATE    CPUS  MEMORY  LAST EXIT");
         assert_eq!(lines[1], "web1  running  2     256M    -");
 
-        let info_text = text(|o| info(c, "web1", false, o));
+        let info_text = text(|o| info(c, "web1", false, false, o));
         assert!(
             info_text.contains("state:      running for "),
             "{info_text}"
@@ -750,7 +764,8 @@ mod tests {
             info_text.contains("disk 0:     /abs/d.vmdk, read-only"),
             "{info_text}"
         );
-        let json: VmInfo = serde_json::from_str(&text(|o| info(c, "web1", true, o))).unwrap();
+        let json: VmInfo =
+            serde_json::from_str(&text(|o| info(c, "web1", true, false, o))).unwrap();
         assert_eq!(json.definition.cpus, 2);
 
         // Stop waits for the guest (the fake shuts down after 150 ms).
@@ -811,6 +826,13 @@ mod tests {
         assert_eq!((d.cpus, d.memory.0), (4, 1 << 30));
         assert_eq!(d.boot.image, Some(sub.join("img")));
         assert!(d.disks.is_empty());
+
+        // `info --toml` writes a file that `edit` takes back unchanged.
+        let dumped = dir.path().join("dumped.toml");
+        std::fs::write(&dumped, text(|o| info(c, "web1", false, true, o))).unwrap();
+        assert_eq!(load_definition(&dumped).unwrap(), d);
+        edit(c, "web1", &dumped, &mut Vec::new()).unwrap();
+        assert_eq!(c.info("web1").unwrap().definition, d);
 
         // A file for another VM: refused before anything is sent, the VM unchanged.
         let other = write_def(dir.path(), "web2");
