@@ -459,6 +459,13 @@ impl Client {
         self.call("POST", "/v1/vms", Some(&body))
     }
 
+    /// Replaces the definition of the stopped VM `name` (`PUT /v1/vms/{name}`); `def.name`
+    /// must be `name`.
+    pub fn update(&self, name: &str, def: &VmDefinition) -> Result<VmInfo, ClientError> {
+        let body = serde_json::to_vec(def).map_err(|e| ClientError::Usage(e.to_string()))?;
+        self.call("PUT", &Self::vm_path(name, "")?, Some(&body))
+    }
+
     pub fn delete(&self, name: &str) -> Result<(), ClientError> {
         self.checked("DELETE", &Self::vm_path(name, "")?, None)
             .map(|_| ())

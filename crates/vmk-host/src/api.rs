@@ -478,6 +478,7 @@ const GET: Method = ("GET", MethodFilter::GET);
 const POST: Method = ("POST", MethodFilter::POST);
 const DELETE: Method = ("DELETE", MethodFilter::DELETE);
 const PATCH: Method = ("PATCH", MethodFilter::PATCH);
+const PUT: Method = ("PUT", MethodFilter::PUT);
 
 /// The router and the list of its routes, built together so the list cannot drift.
 struct Routes {
@@ -506,6 +507,7 @@ fn build() -> Routes {
     .add(GET, "/v1/vms", list_vms)
     .add(POST, "/v1/vms", create_vm)
     .add(GET, "/v1/vms/{name}", vm_info)
+    .add(PUT, "/v1/vms/{name}", update_vm)
     .add(DELETE, "/v1/vms/{name}", delete_vm)
     .add(POST, "/v1/vms/{name}/start", start_vm)
     .add(POST, "/v1/vms/{name}/stop", stop_vm)
@@ -593,6 +595,16 @@ async fn create_vm(
 
 async fn vm_info(State(s): State<AppState>, VmName(name): VmName) -> Result<Response, ApiErr> {
     let info = call(&s, move |h| h.info(&name)).await?;
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn update_vm(
+    State(s): State<AppState>,
+    VmName(name): VmName,
+    JsonBody(def): JsonBody<vmk_api::model::VmDefinition>,
+) -> Result<Response, ApiErr> {
+    // A body named otherwise (a rename) is refused by the host, after the VM is looked up.
+    let info = call(&s, move |h| h.update(&name, def)).await?;
     Ok(json(StatusCode::OK, &info))
 }
 

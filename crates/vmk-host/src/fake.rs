@@ -302,6 +302,39 @@ impl HostApi for FakeHost {
         Ok(info)
     }
 
+    fn update(&self, name: &str, def: VmDefinition) -> Result<VmInfo, HostError> {
+        self.with_vm(name, |vm| {
+            if def.name != name {
+                return Err(HostError::Invalid(format!(
+                    "the definition's name '{}' is not the VM's name '{name}': a VM cannot \
+                     be renamed",
+                    def.name
+                )));
+            }
+            FakeHost::check(&def)?;
+            if !matches!(vm.info.state, VmState::Stopped | VmState::Crashed) {
+                let state = format!("{:?}", vm.info.state).to_lowercase();
+                return Err(HostError::Conflict(format!(
+                    "VM '{name}' is {state}: its definition can only be changed while it is \
+                     stopped; stop it first"
+                )));
+            }
+            vm.info.nics = vm_nic_info(&def.name, &def.nics, &[]);
+            vm.metrics.memory_configured = def.memory.0;
+            vm.metrics.disks = def
+                .disks
+                .iter()
+                .map(|d| DiskMetrics {
+                    path: d.path.clone(),
+                    ..DiskMetrics::default()
+                })
+                .collect();
+            vm.metrics.nics = vec![NicMetrics::default(); def.nics.len()];
+            vm.info.definition = def;
+            Ok(vm.info.clone())
+        })
+    }
+
     fn delete(&self, name: &str) -> Result<(), HostError> {
         let mut vms = lock(&self.vms);
         let vm = vms.get_mut(name).ok_or_else(|| not_found(name))?;

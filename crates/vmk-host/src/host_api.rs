@@ -40,6 +40,11 @@ pub trait HostApi: Send + Sync {
     fn info(&self, name: &str) -> Result<VmInfo, HostError>;
     /// Defines a VM (validated, persisted). Does not start it.
     fn create(&self, def: VmDefinition) -> Result<VmInfo, HostError>;
+    /// Replaces the definition of a stopped (or crashed) VM named `name`, with the checks of
+    /// [`HostApi::create`]; `def.name` must be `name` (no renaming). The VM's state, last exit
+    /// and run history are kept. Refused (`Conflict`) while it is starting, running or
+    /// stopping.
+    fn update(&self, name: &str, def: VmDefinition) -> Result<VmInfo, HostError>;
     /// Removes a VM's definition and logs; refused unless it is stopped or crashed.
     fn delete(&self, name: &str) -> Result<(), HostError>;
     fn start(&self, name: &str) -> Result<VmInfo, HostError>;

@@ -12,7 +12,7 @@
 //!
 //! # Lifecycle and locking
 //! Each VM has an operation lock (`op`) that serializes lifecycle calls (start, stop,
-//! poweroff, reset, delete), and a status lock (`st`, with a condition variable) that the
+//! poweroff, reset, update, delete), and a status lock (`st`, with a condition variable) that the
 //! runner also takes to publish state changes. Lock order: the host's VM map, then `op`,
 //! then `st`, then the console hub; the runner takes `st` alone. So of two concurrent
 //! `start`s one wins and the other sees `running` and gets `Conflict`. No call waits for a
@@ -590,6 +590,88 @@ impl Host {
         Ok(e.info(&st))
     }
 
+    /// Replaces the definition of a stopped or crashed VM (see [`HostApi::update`]). The
+    /// operation lock is held throughout, so the VM cannot start meanwhile; the VM map is
+    /// held from the disk check to the swap, as in `create`, so a concurrent create or
+    /// update on the same disk sees this one.
+    fn update_entry(&self, e: &Arc<VmEntry>, mut def: VmDefinition) -> Result<VmInfo, HostError> {
+        if def.name != e.name {
+            return Err(HostError::Invalid(format!(
+                "the definition's name '{}' is not the VM's name '{}': a VM cannot be renamed \
+                 (create a VM with the new name and delete '{}' instead)",
+                def.name, e.name, e.name
+            )));
+        }
+        let _op = self.op(e)?;
+        {
+            let st = lock(&e.st);
+            match st.state {
+                VmState::Stopped | VmState::Crashed => {}
+                s => {
+                    return Err(HostError::Conflict(format!(
+                        "VM '{}' is {}: its definition can only be changed while it is \
+                         stopped; stop it first (`vmk vm stop {}`), then edit it",
+                        e.name,
+                        state_name(s),
+                        e.name
+                    )))
+                }
+            }
+        }
+        for d in &mut def.disks {
+            d.path = normalize_disk_path(&d.path);
+        }
+        self.check_new_definition(&def)?;
+        let vms = lock(&self.vms);
+        // One VM per disk among the other VMs defined here (as `create` checks).
+        let defined: Vec<(String, VmDefinition)> = vms
+            .values()
+            .filter(|o| o.name != e.name)
+            .map(|o| (o.name.clone(), lock(&o.st).def.clone()))
+            .collect();
+        if let Some(c) = find_clash(&def, defined.iter().map(|(n, d)| (n.as_str(), d))) {
+            return Err(HostError::Conflict(format!(
+                "VM '{}': {}; a disk is used by one VM at a time (only disks that every VM \
+                 attaches read-only are shared): give '{}' its own disk (e.g. a copy), or \
+                 delete '{}' first. The definition of '{}' is unchanged",
+                def.name,
+                c.describe(),
+                def.name,
+                c.holder,
+                def.name
+            )));
+        }
+        // Written atomically: a failure leaves the old definition on disk and in memory.
+        inventory::save_definition(&self.dir, &def).map_err(|err| {
+            HostError::Internal(format!(
+                "cannot store the new definition of VM '{}' in {}: {err} (the old \
+                 definition is kept)",
+                def.name,
+                e.dir.join(inventory::DEFINITION_FILE).display()
+            ))
+        })?;
+        drop(vms);
+        let mut st = lock(&e.st);
+        st.def = def;
+        e.changed.notify_all();
+        Ok(e.info(&st))
+    }
+
+    /// The checks of a definition that need no other VM: limits, datastores, port groups.
+    fn check_new_definition(&self, def: &VmDefinition) -> Result<(), HostError> {
+        validate_definition(def, &self.limits)?;
+        self.datastores.check_definition(def)?;
+        for (i, n) in def.nics.iter().enumerate() {
+            self.net.check_portgroup(&n.portgroup).map_err(|err| {
+                HostError::Invalid(format!(
+                    "VM '{}': NIC {i}: {err}; add the port group first or change the NIC",
+                    def.name
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     fn delete_entry(&self, e: &Arc<VmEntry>) -> Result<(), HostError> {
         let _op = self.op(e)?;
         let mut st = lock(&e.st);
@@ -1020,16 +1102,7 @@ impl HostApi for Host {
         for d in &mut def.disks {
             d.path = normalize_disk_path(&d.path);
         }
-        validate_definition(&def, &self.limits)?;
-        self.datastores.check_definition(&def)?;
-        for (i, n) in def.nics.iter().enumerate() {
-            self.net.check_portgroup(&n.portgroup).map_err(|err| {
-                HostError::Invalid(format!(
-                    "VM '{}': NIC {i}: {err}; add the port group first or change the NIC",
-                    def.name
-                ))
-            })?;
-        }
+        self.check_new_definition(&def)?;
         let mut vms = lock(&self.vms);
         if vms.contains_key(&def.name) {
             return Err(HostError::AlreadyExists(format!(
@@ -1074,6 +1147,11 @@ impl HostApi for Host {
         let info = e.info(&lock(&e.st));
         vms.insert(e.name.clone(), e);
         Ok(info)
+    }
+
+    fn update(&self, name: &str, def: VmDefinition) -> Result<VmInfo, HostError> {
+        let e = self.entry(name)?;
+        self.update_entry(&e, def)
     }
 
     fn delete(&self, name: &str) -> Result<(), HostError> {

@@ -843,3 +843,144 @@ fn nics_connect_to_the_host_network() {
     );
     assert_eq!(h.info("a").unwrap().state, VmState::Stopped);
 }
+
+/// `PUT /v1/vms/{name}` against the real host, through the real router: a stopped VM's
+/// definition is replaced and read back, kept across a host restart with its last exit;
+/// a running VM, a rename, an invalid definition and another VM's disk are refused with
+/// the old definition kept (in memory and in vm.toml).
+#[test]
+fn definitions_are_replaced_through_the_api_and_persist() {
+    use crate::fake::TestServer;
+    use vmk_api::client::Client;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("host");
+    let done = kernel(tmp.path(), "done", |a| {
+        a.print("vmk-guest: exit-status 4\n").poweroff(0);
+    });
+    let idle = kernel(tmp.path(), "idle", |a| {
+        a.print("up\n").idle();
+    });
+    let disk = tmp.path().join("d.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let cfg = HostConfig {
+        dir: dir.clone(),
+        socket: tmp.path().join("vmk.sock"),
+        ..HostConfig::default()
+    };
+    let toml = dir.join("vms/web1/vm.toml");
+    let edited = {
+        let h = Host::open(&cfg).unwrap();
+        let server = TestServer::start(h.clone(), &cfg).unwrap();
+        let c = Client::unix(server.socket());
+        c.create(&def("web1", &done)).unwrap();
+        let mut other = def("other", &idle);
+        other.disks = vec![DiskDef {
+            path: disk.clone(),
+            read_only: false,
+            serial: None,
+        }];
+        c.create(&other).unwrap();
+        c.start("web1").unwrap();
+        let ran = wait_state(&h, "web1", VmState::Stopped);
+        assert_eq!(ran.last_exit, Some(ExitInfo::PoweredOff { status: 4 }));
+
+        // Edited while stopped: the answer and a read-back show it; the run is kept.
+        let mut new = def("web1", &done);
+        new.cpus = 2;
+        new.memory = ByteSize(32 << 20);
+        new.boot.append = Some("quiet".into());
+        let resp = c
+            .send(
+                "PUT",
+                "/v1/vms/web1",
+                Some(("application/json", &serde_json::to_vec(&new).unwrap())),
+            )
+            .unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.error_message());
+        let answer: VmInfo = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(answer.definition, new);
+        let back = c.info("web1").unwrap();
+        assert_eq!(back.definition, new);
+        assert_eq!(
+            (back.state, back.last_exit, back.boots),
+            (VmState::Stopped, ran.last_exit.clone(), 1)
+        );
+        let stored = std::fs::read_to_string(&toml).unwrap();
+        assert!(stored.contains("cpus = 2"), "{stored}");
+
+        // Refused: each with its status and a message that says what to do; nothing
+        // changes, in memory or on disk.
+        let refused = |name: &str, d: &VmDefinition, status: u16, words: &[&str]| {
+            let e = c.update(name, d).unwrap_err();
+            assert_eq!(e.status(), Some(status), "{e}");
+            for w in words {
+                assert!(e.to_string().contains(w), "'{e}' lacks '{w}'");
+            }
+            assert_eq!(c.info("web1").unwrap().definition, new);
+            assert_eq!(std::fs::read_to_string(&toml).unwrap(), stored);
+        };
+        let mut renamed = new.clone();
+        renamed.name = "web9".into();
+        refused("web1", &renamed, 400, &["cannot be renamed", "'web9'"]);
+        let mut bad = new.clone();
+        bad.cpus = 0;
+        refused("web1", &bad, 400, &["cpus"]);
+        let mut no_kernel = new.clone();
+        no_kernel.boot.kernel = Some(tmp.path().join("missing.Image"));
+        refused("web1", &no_kernel, 400, &["missing.Image"]);
+        let mut no_pg = new.clone();
+        no_pg.nics = vec![NicDef {
+            portgroup: "nope".into(),
+            mac: None,
+        }];
+        refused("web1", &no_pg, 400, &["NIC 0", "port group"]);
+        let mut clash = new.clone();
+        clash.disks = other.disks.clone();
+        refused(
+            "web1",
+            &clash,
+            409,
+            &["is a disk of VM 'other'", "unchanged"],
+        );
+        let e = c.update("nope", &def("nope", &done)).unwrap_err();
+        assert_eq!(e.status(), Some(404), "{e}");
+
+        // Running: refused with 409 until it is stopped.
+        c.start("other").unwrap();
+        wait_state(&h, "other", VmState::Running);
+        let mut more = other.clone();
+        more.cpus = 2;
+        let e = c.update("other", &more).unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        assert!(
+            e.to_string().contains("is running") && e.to_string().contains("stop it first"),
+            "{e}"
+        );
+        assert_eq!(c.info("other").unwrap().definition.cpus, 1);
+        c.poweroff("other").unwrap();
+        // Its own disk is no clash with itself.
+        assert_eq!(c.update("other", &more).unwrap().definition.cpus, 2);
+        drop(server);
+        h.shutdown(Duration::from_millis(100));
+        new
+    };
+
+    // A new host loads the edited definitions, with the run history.
+    let h = host(&dir);
+    let i = h.info("web1").unwrap();
+    assert_eq!(i.definition, edited);
+    assert_eq!(
+        (i.state, i.last_exit, i.boots),
+        (
+            VmState::Stopped,
+            Some(ExitInfo::PoweredOff { status: 4 }),
+            1
+        )
+    );
+    let o = h.info("other").unwrap();
+    assert_eq!(
+        (o.definition.cpus, o.last_exit),
+        (2, Some(ExitInfo::Killed))
+    );
+}

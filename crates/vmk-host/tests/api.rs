@@ -129,6 +129,86 @@ fn host_info_and_vm_lifecycle() {
     assert!(gone.to_string().contains("does not exist"), "{gone}");
 }
 
+/// `PUT /v1/vms/{name}` over the socket: a stopped VM's definition is replaced and read
+/// back; a running VM (409), a rename (400), an invalid definition (400), a missing VM (404)
+/// and a body that is not JSON (415) are refused, the definition unchanged.
+#[test]
+fn a_stopped_vms_definition_is_replaced() {
+    let env = start();
+    let c = &env.client;
+    c.create(&def("web1")).unwrap();
+    let put = |path: &str, d: &vmk_api::model::VmDefinition| {
+        c.send(
+            "PUT",
+            path,
+            Some(("application/json", &serde_json::to_vec(d).unwrap())),
+        )
+        .unwrap()
+    };
+    let mut new = def("web1");
+    new.cpus = 4;
+    new.memory = vmk_api::model::ByteSize(1 << 30);
+    let resp = put("/v1/vms/web1", &new);
+    assert_eq!(resp.status, 200, "{}", resp.error_message());
+    let vm: vmk_api::model::VmInfo = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!((vm.state, &vm.definition), (VmState::Stopped, &new));
+    assert_eq!(c.info("web1").unwrap().definition, new);
+    assert_eq!(
+        c.update("web1", &def("web1")).unwrap().definition,
+        def("web1")
+    );
+    c.update("web1", &new).unwrap();
+
+    let refused = |resp: vmk_api::client::Response, status: u16, words: &[&str]| {
+        assert_eq!(resp.status, status, "{}", resp.error_message());
+        let m = resp.error_message();
+        for w in words {
+            assert!(m.contains(w), "'{m}' lacks '{w}'");
+        }
+        assert_eq!(c.info("web1").unwrap().definition, new);
+    };
+    let mut renamed = new.clone();
+    renamed.name = "web2".into();
+    refused(
+        put("/v1/vms/web1", &renamed),
+        400,
+        &["cannot be renamed", "'web2'"],
+    );
+    assert_eq!(c.info("web2").unwrap_err().status(), Some(404));
+    let mut bad = new.clone();
+    bad.cpus = 0;
+    refused(put("/v1/vms/web1", &bad), 400, &["cpus 0 is out of range"]);
+    refused(put("/v1/vms/nope", &def("nope")), 404, &["nope"]);
+    refused(
+        c.send("PUT", "/v1/vms/web1", Some(("text/plain", b"cpus = 2")))
+            .unwrap(),
+        415,
+        &[],
+    );
+    refused(
+        c.send(
+            "PUT",
+            "/v1/vms/web1",
+            Some(("application/json", b"{\"name\": \"web1\"}")),
+        )
+        .unwrap(),
+        400,
+        &["boot"],
+    );
+
+    c.start("web1").unwrap();
+    let mut more = new.clone();
+    more.cpus = 2;
+    let e = c.update("web1", &more).unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(
+        e.to_string().contains("running") && e.to_string().contains("stop it first"),
+        "{e}"
+    );
+    assert_eq!(c.info("web1").unwrap().definition, new);
+    assert_eq!(c.info("web1").unwrap().state, VmState::Running);
+}
+
 fn wait_state(c: &Client, name: &str, want: VmState) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -620,6 +620,7 @@ fn every_route_answers_as_documented() {
         } else {
             let body = match (method, template) {
                 ("POST", "/v1/vms") => Some(serde_json::to_vec(&def("web2")).unwrap()),
+                ("PUT", "/v1/vms/{name}") => Some(edited_body()),
                 ("POST", "/v1/vms/{name}/stop") => Some(br#"{"timeout_secs": 5}"#.to_vec()),
                 _ => net_body.clone(),
             };
@@ -701,8 +702,14 @@ fn every_route_answers_as_documented() {
             } else {
                 404
             };
+            // A replaced definition is sent with its body (the body is read before the
+            // VM is looked up).
+            let body = (method == "PUT").then(edited_body);
             for (p, want) in [(bad, 400), (missing, not_found)] {
-                let resp = env.client.send(method, &p, None).unwrap();
+                let resp = env
+                    .client
+                    .send(method, &p, body.as_deref().map(|b| ("application/json", b)))
+                    .unwrap();
                 assert_eq!(resp.status, want, "{method} {p}");
                 assert!(
                     op["responses"][want.to_string()].is_object(),
@@ -711,6 +718,13 @@ fn every_route_answers_as_documented() {
             }
         }
     }
+}
+
+/// The body of `PUT /v1/vms/web1`: web1's definition with another vCPU count.
+fn edited_body() -> Vec<u8> {
+    let mut d = def("web1");
+    d.cpus = 4;
+    serde_json::to_vec(&d).unwrap()
 }
 
 /// The document names each schema it defines somewhere (no stale leftovers).

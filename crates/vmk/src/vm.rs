@@ -31,6 +31,23 @@ pub enum VmCommand {
     /// Define a VM from a TOML file (name, cpus, memory, [boot], [[disk]], ...). Relative
     /// paths in the file are relative to the file's directory.
     Create { file: PathBuf },
+    /// Replace a stopped VM's definition with a TOML file (as `vmk vm create FILE` takes;
+    /// relative paths are relative to the file's directory). The file's `name` must be NAME
+    /// (VMs cannot be renamed). The VM keeps its state, last exit and console log. Print the
+    /// current definition with `vmk vm info NAME --toml`.
+    Edit { name: String, file: PathBuf },
+    /// Change settings of a stopped VM: `vmk vm set web1 cpus=4 memory=2G`.
+    ///
+    /// Keys: cpus (vCPUs), memory (512M, 2G, ...), autostart (true/false: start with the
+    /// host), append (the kernel command line; empty for the image's default). Other
+    /// changes: `vmk vm edit NAME FILE`.
+    #[command(verbatim_doc_comment)]
+    Set {
+        name: String,
+        /// KEY=VALUE settings, applied together.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
     /// List the VMs: name, state, vCPUs, memory, how the last run ended.
     List {
         /// Print the API's JSON.
@@ -43,6 +60,10 @@ pub enum VmCommand {
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
+        /// Print only the definition, as TOML: a file for `vmk vm edit NAME FILE` (or
+        /// `vmk vm create`).
+        #[arg(long, conflicts_with = "json")]
+        toml: bool,
     },
     /// Start a stopped or crashed VM.
     Start { name: String },
@@ -76,8 +97,10 @@ pub fn run(args: VmArgs) -> Result<(), CmdError> {
     let out: &mut dyn Write = &mut stdout;
     match args.cmd {
         VmCommand::Create { file } => create(&c, &file, out),
+        VmCommand::Edit { name, file } => edit(&c, &name, &file, out),
+        VmCommand::Set { name, settings } => set(&c, &name, &settings, out),
         VmCommand::List { json } => list(&c, json, out),
-        VmCommand::Info { name, json } => info(&c, &name, json, out),
+        VmCommand::Info { name, json, toml } => info(&c, &name, json, toml, out),
         VmCommand::Start { name } => report(out, &c.start(&name)?),
         VmCommand::Stop {
             name,
@@ -151,6 +174,100 @@ fn create(c: &Client, file: &Path, out: &mut dyn Write) -> Result<(), CmdError> 
     Ok(())
 }
 
+fn edit(c: &Client, name: &str, file: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
+    let def = load_definition(file)?;
+    if def.name != name {
+        return Err(format!(
+            "{} defines VM '{}', not '{name}': a VM cannot be renamed; set `name = \"{name}\"` \
+             in the file (to rename, create a VM with the new name and delete '{name}')",
+            file.display(),
+            def.name
+        )
+        .into());
+    }
+    let vm = c.update(name, &def)?;
+    writeln!(
+        out,
+        "{name}: definition replaced from {} ({})",
+        file.display(),
+        state_name(vm.state)
+    )?;
+    Ok(())
+}
+
+/// The keys `vmk vm set` knows.
+const SET_KEYS: &str = "cpus, memory, autostart, append";
+
+/// Applies one `KEY=VALUE` of `vmk vm set` to `def`; returns what changed, for people.
+fn apply_setting(def: &mut VmDefinition, setting: &str) -> Result<String, CmdError> {
+    let (key, value) = setting.split_once('=').ok_or_else(|| {
+        format!("'{setting}' is not KEY=VALUE (e.g. cpus=4, memory=2G; keys: {SET_KEYS})")
+    })?;
+    let (key, value) = (key.trim(), value.trim());
+    Ok(match key {
+        "cpus" => {
+            let n: u32 = value
+                .parse()
+                .map_err(|_| format!("cpus={value}: not a number of vCPUs (e.g. cpus=4)"))?;
+            let was = std::mem::replace(&mut def.cpus, n);
+            format!("cpus {was} -> {n}")
+        }
+        "memory" => {
+            let bytes = vmk_api::model::parse_size(value).map_err(|e| format!("memory: {e}"))?;
+            let was = std::mem::replace(&mut def.memory.0, bytes);
+            format!("memory {} -> {}", fmt_bytes(was), fmt_bytes(bytes))
+        }
+        "autostart" => {
+            let on = match value.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => true,
+                "false" | "no" | "off" | "0" => false,
+                _ => {
+                    return Err(format!(
+                        "autostart={value}: say true or false (e.g. autostart=true)"
+                    )
+                    .into())
+                }
+            };
+            let was = std::mem::replace(&mut def.autostart, on);
+            format!("autostart {was} -> {on}")
+        }
+        "append" => {
+            let new = (!value.is_empty()).then(|| value.to_string());
+            let show = |a: &Option<String>| match a {
+                Some(a) => format!("'{a}'"),
+                None => "(the image's)".to_string(),
+            };
+            let was = std::mem::replace(&mut def.boot.append, new);
+            format!("append {} -> {}", show(&was), show(&def.boot.append))
+        }
+        _ => {
+            return Err(format!(
+                "unknown setting '{key}' (keys: {SET_KEYS}; for other changes use `vmk vm edit \
+                 NAME FILE`)"
+            )
+            .into())
+        }
+    })
+}
+
+/// `vmk vm set`: reads the VM's definition, applies the settings and replaces it. (Two
+/// concurrent changes of one VM: the last one wins.)
+fn set(c: &Client, name: &str, settings: &[String], out: &mut dyn Write) -> Result<(), CmdError> {
+    let mut def = c.info(name)?.definition;
+    let changes = settings
+        .iter()
+        .map(|s| apply_setting(&mut def, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vm = c.update(name, &def)?;
+    writeln!(
+        out,
+        "{name}: {} ({})",
+        changes.join(", "),
+        state_name(vm.state)
+    )?;
+    Ok(())
+}
+
 fn list(c: &Client, json: bool, out: &mut dyn Write) -> Result<(), CmdError> {
     let vms = c.list()?;
     if json {
@@ -161,9 +278,19 @@ fn list(c: &Client, json: bool, out: &mut dyn Write) -> Result<(), CmdError> {
     Ok(())
 }
 
-fn info(c: &Client, name: &str, json: bool, out: &mut dyn Write) -> Result<(), CmdError> {
+fn info(
+    c: &Client,
+    name: &str,
+    json: bool,
+    toml: bool,
+    out: &mut dyn Write,
+) -> Result<(), CmdError> {
     let vm = c.info(name)?;
-    if json {
+    if toml {
+        let text = toml::to_string(&vm.definition)
+            .map_err(|e| format!("cannot write VM '{name}' as TOML: {e}"))?;
+        out.write_all(text.as_bytes())?;
+    } else if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&vm)?)?;
     } else {
         out.write_all(format_info(&vm, now_unix()).as_bytes())?;
@@ -628,7 +755,7 @@ mod tests {
         assert_eq!(lines[0], "NAME  STATE    CPUS  MEMORY  LAST EXIT");
         assert_eq!(lines[1], "web1  running  2     256M    -");
 
-        let info_text = text(|o| info(c, "web1", false, o));
+        let info_text = text(|o| info(c, "web1", false, false, o));
         assert!(
             info_text.contains("state:      running for "),
             "{info_text}"
@@ -637,7 +764,8 @@ mod tests {
             info_text.contains("disk 0:     /abs/d.vmdk, read-only"),
             "{info_text}"
         );
-        let json: VmInfo = serde_json::from_str(&text(|o| info(c, "web1", true, o))).unwrap();
+        let json: VmInfo =
+            serde_json::from_str(&text(|o| info(c, "web1", true, false, o))).unwrap();
         assert_eq!(json.definition.cpus, 2);
 
         // Stop waits for the guest (the fake shuts down after 150 ms).
@@ -668,6 +796,108 @@ mod tests {
         assert!(e.to_string().contains("VM 'nope' does not exist"), "{e}");
         c.delete("web1").unwrap();
         assert!(text(|o| list(c, true, o)).trim() == "[]");
+    }
+
+    #[test]
+    fn edit_and_set_change_a_stopped_vm() {
+        let env = env();
+        let c = &env.c;
+        let dir = tempfile::tempdir().unwrap();
+        create(c, &write_def(dir.path(), "web1"), &mut Vec::new()).unwrap();
+
+        // edit: a new file, relative paths relative to it.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let file = sub.join("web1.toml");
+        std::fs::write(
+            &file,
+            "name = \"web1\"\ncpus = 4\nmemory = \"1G\"\n[boot]\nimage = \"img\"\n",
+        )
+        .unwrap();
+        let out = text(|o| edit(c, "web1", &file, o));
+        assert_eq!(
+            out,
+            format!(
+                "web1: definition replaced from {} (stopped)\n",
+                file.display()
+            )
+        );
+        let d = c.info("web1").unwrap().definition;
+        assert_eq!((d.cpus, d.memory.0), (4, 1 << 30));
+        assert_eq!(d.boot.image, Some(sub.join("img")));
+        assert!(d.disks.is_empty());
+
+        // `info --toml` writes a file that `edit` takes back unchanged.
+        let dumped = dir.path().join("dumped.toml");
+        std::fs::write(&dumped, text(|o| info(c, "web1", false, true, o))).unwrap();
+        assert_eq!(load_definition(&dumped).unwrap(), d);
+        edit(c, "web1", &dumped, &mut Vec::new()).unwrap();
+        assert_eq!(c.info("web1").unwrap().definition, d);
+
+        // A file for another VM: refused before anything is sent, the VM unchanged.
+        let other = write_def(dir.path(), "web2");
+        let e = edit(c, "web1", &other, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("defines VM 'web2', not 'web1'"), "{e}");
+        assert_eq!(c.info("web1").unwrap().definition.cpus, 4);
+
+        // set: several keys at once.
+        let out = text(|o| {
+            set(
+                c,
+                "web1",
+                &[
+                    "cpus=2".into(),
+                    "memory=512M".into(),
+                    "autostart=true".into(),
+                    "append=console=hvc0 quiet".into(),
+                ],
+                o,
+            )
+        });
+        assert_eq!(
+            out,
+            "web1: cpus 4 -> 2, memory 1G -> 512M, autostart false -> true, append \
+             (the image's) -> 'console=hvc0 quiet' (stopped)\n"
+        );
+        let d = c.info("web1").unwrap().definition;
+        assert_eq!((d.cpus, d.memory.0, d.autostart), (2, 512 << 20, true));
+        assert_eq!(d.boot.append.as_deref(), Some("console=hvc0 quiet"));
+
+        // Bad settings are refused before anything is sent; the host refuses bad values.
+        for (bad, want) in [
+            ("cpus", "is not KEY=VALUE"),
+            ("cpus=two", "not a number of vCPUs"),
+            ("memory=2X", "unknown size suffix"),
+            ("autostart=maybe", "say true or false"),
+            ("colour=red", "unknown setting 'colour'"),
+            ("cpus=99", "out of range"),
+        ] {
+            let e = set(c, "web1", &[bad.into()], &mut Vec::new())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        assert_eq!(c.info("web1").unwrap().definition, d);
+
+        // A running VM is refused with the host's message; it keeps its definition.
+        c.start("web1").unwrap();
+        let e = set(c, "web1", &["cpus=1".into()], &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is running") && e.contains("stop it first"),
+            "{e}"
+        );
+        let e = edit(c, "web1", &file, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is running") && e.contains("stop it first"),
+            "{e}"
+        );
+        assert_eq!(c.info("web1").unwrap().definition, d);
     }
 
     #[test]

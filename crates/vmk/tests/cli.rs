@@ -139,3 +139,19 @@ fn host_start_checks_its_config() {
         "{err}"
     );
 }
+
+#[test]
+fn vm_edit_and_set_explain_themselves() {
+    let (code, out, _) = vmk(&["vm", "set", "--help"]);
+    assert_eq!(code, 0);
+    for key in ["cpus", "memory", "autostart", "append", "vmk vm edit"] {
+        assert!(out.contains(key), "{key} missing from:\n{out}");
+    }
+    let (code, out, _) = vmk(&["vm", "edit", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stopped") && out.contains("renamed"), "{out}");
+    // Nothing to set: a usage error before any connection.
+    let (code, _, err) = vmk(&["vm", "set", "web1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+}
