@@ -2,27 +2,11 @@
 //! binary. No guest, no network.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn vmk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmk"))
-        .args(args)
-        .output()
-        .expect("run vmk")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = vmk(args);
-    assert!(
-        out.status.success(),
-        "vmk {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod cli_support;
+use cli_support::{ok, vmk};
 
 fn err(args: &[&str]) -> String {
     let out = vmk(args);

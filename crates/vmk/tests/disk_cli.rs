@@ -7,26 +7,10 @@ use std::process::{Command, Output};
 
 use vmk_vmdk::{CreateOptions, OpenMode, Subformat, Vmdk};
 
+mod cli_support;
+use cli_support::{ok, vmk};
+
 const MIB: u64 = 1 << 20;
-
-fn vmk(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmk"))
-        .args(args)
-        .output()
-        .expect("run vmk")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = vmk(args);
-    assert!(
-        out.status.success(),
-        "vmk {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Runs a failing command; returns its stderr.
 fn fails(args: &[&str]) -> String {
