@@ -13,8 +13,9 @@
 //! # Lifecycle and locking
 //! Each VM has an operation lock (`op`) that serializes lifecycle calls (start, stop,
 //! poweroff, reset, update, delete), and a status lock (`st`, with a condition variable) that the
-//! runner also takes to publish state changes. Lock order: the host's VM map, then `op`,
-//! then `st`, then the console hub; the runner takes `st` alone. So of two concurrent
+//! runner also takes to publish state changes. Lock order: a VM's `op`, then `start_gate`
+//! (start only), then the host's VM map (lookups copy the entry out of the map before they
+//! take `op`), then `st`, then the console hub; the runner takes `st` alone. So of two concurrent
 //! `start`s one wins and the other sees `running` and gets `Conflict`. No call waits for a
 //! guest: `start` waits for the machine to be built, `poweroff` and `reset` wait (bounded)
 //! for the vCPU threads to end, `stop` returns at once with the VM `stopping`.
