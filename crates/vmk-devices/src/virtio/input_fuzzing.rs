@@ -366,8 +366,9 @@ pub(crate) fn run(data: &[u8]) -> Seen {
     rig.seen
 }
 
-/// The events of one press and release.
-fn press() -> [InputEvent; 4] {
+/// The events of one press and release, as the guest must see them (also the unit tests'
+/// expectation).
+pub(crate) fn press() -> [InputEvent; 4] {
     let key = |value| InputEvent {
         kind: EV_KEY,
         code: KEY_POWER,

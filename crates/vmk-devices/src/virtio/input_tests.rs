@@ -193,17 +193,7 @@ impl Driver {
 }
 
 fn press_events() -> Vec<InputEvent> {
-    let key = |value| InputEvent {
-        kind: EV_KEY,
-        code: KEY_POWER,
-        value,
-    };
-    let syn = InputEvent {
-        kind: EV_SYN,
-        code: SYN_REPORT,
-        value: 0,
-    };
-    vec![key(1), syn, key(0), syn]
+    super::input_fuzzing::press().to_vec()
 }
 
 #[test]
