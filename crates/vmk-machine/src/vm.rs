@@ -7,7 +7,7 @@ use crate::loader::{self, LoadError};
 use crate::sbi::{self, SbiHost, SystemRequest};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use vmk_cpu::{
     csr_addr, Exit, GuestMemory, Hart, HartConfig, HartHandle, Irq, MmioRange, PrivMode, RamRange,
@@ -18,6 +18,7 @@ use vmk_devices::{
     BlockConfig, IrqLine, MmioBus, Plic, PowerRequest, PowerState, SifiveTest, Uart, UartInput,
     VirtioBlk, VirtioMmio,
 };
+use vmk_sched::{Group, GroupParams, Scheduler, Slice, TaskHandle, TaskTimes, Yield};
 
 const TIMEBASE_HZ: u64 = 10_000_000;
 /// Instructions per `run` call: bounds timer latency (~0.2-1 ms at 200-500 MIPS).
@@ -28,8 +29,16 @@ const SLICE: u64 = 200_000;
 pub struct VcpuStats {
     /// Guest instructions retired.
     pub instret: u64,
-    /// Host CPU time of the vCPU's thread, in nanoseconds.
+    /// Host CPU time the vCPU ran, in nanoseconds.
     pub cpu_time_ns: u64,
+    /// Time it was ready to run but not running (esxtop %RDY), in nanoseconds.
+    pub ready_ns: u64,
+    /// Time it was held back by co-scheduling (%CSTP).
+    pub costop_ns: u64,
+    /// Time it waited in the guest (WFI, or stopped), (%WAIT).
+    pub wait_ns: u64,
+    /// Time it was ready but held back by the VM's CPU limit (%MLMTD).
+    pub limited_ns: u64,
 }
 
 /// Counters of one virtual disk.
@@ -73,8 +82,17 @@ pub enum PowerButton {
 pub struct VmController {
     shared: std::sync::Weak<Shared>,
     vcpus: Arc<[VcpuCounters]>,
+    sched: Arc<SchedSlot>,
     memory_configured: u64,
     last: Arc<Mutex<VmStats>>,
+}
+
+/// The VM's scheduler group and vCPU tasks, once it runs.
+#[derive(Default)]
+struct SchedSlot {
+    /// Weak: the runner owns the group, and dropping it releases the VM's reservation.
+    group: Mutex<std::sync::Weak<Group>>,
+    tasks: Mutex<Vec<TaskHandle>>,
 }
 
 impl VmController {
@@ -115,11 +133,44 @@ impl VmController {
         }
     }
 
+    /// Changes the running VM's CPU shares, reservation, limit or affinity at once. Refused
+    /// (with the reason) if a new reservation does not fit; a no-op for a VM not running.
+    pub fn set_cpu_params(&self, params: GroupParams) -> Result<(), vmk_sched::PolicyError> {
+        match vmk_base::lock(&self.sched.group).upgrade() {
+            Some(g) => g.set_params(params),
+            None => Ok(()),
+        }
+    }
+
+    /// The VM's scheduler group while it runs.
+    pub fn sched_group(&self) -> Option<Arc<Group>> {
+        vmk_base::lock(&self.sched.group).upgrade()
+    }
+
     /// The VM's counters: live while it runs, the final values once it has ended.
     pub fn stats(&self) -> VmStats {
         let live = self.shared.upgrade().map(|s| s.disk_stats());
+        let times: Vec<TaskTimes> = vmk_base::lock(&self.sched.tasks)
+            .iter()
+            .map(TaskHandle::times)
+            .collect();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.vcpus = self.vcpus.iter().map(VcpuCounters::get).collect();
+        last.vcpus = self
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let t = times.get(i).copied().unwrap_or_default();
+                VcpuStats {
+                    instret: c.instret.load(Ordering::Relaxed),
+                    cpu_time_ns: t.used,
+                    ready_ns: t.ready,
+                    costop_ns: t.costop,
+                    wait_ns: t.wait,
+                    limited_ns: t.limited,
+                }
+            })
+            .collect();
         last.memory_configured = self.memory_configured;
         if let Some((touched, disks)) = live {
             last.memory_touched = touched;
@@ -129,36 +180,11 @@ impl VmController {
     }
 }
 
-/// Counters a vCPU thread updates after every slice; they outlive the VM.
+/// Counters a vCPU updates after every run; they outlive the VM. (Its times come from
+/// the scheduler.)
 #[derive(Default)]
 struct VcpuCounters {
     instret: AtomicU64,
-    cpu_time_ns: AtomicU64,
-}
-
-impl VcpuCounters {
-    fn get(&self) -> VcpuStats {
-        VcpuStats {
-            instret: self.instret.load(Ordering::Relaxed),
-            cpu_time_ns: self.cpu_time_ns.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_time_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Adapts the console to `std::io::Write` for the UART.
@@ -194,28 +220,18 @@ enum HsmState {
     StartPending { addr: u64, opaque: u64 },
 }
 
-/// Wakes a vCPU thread that waits in WFI or in the HSM stopped state.
+/// Wakes a vCPU that waits in WFI or in the HSM stopped state: its scheduler task, bound
+/// when the VM starts running (before that every vCPU is about to run anyway).
 #[derive(Default)]
 struct Waker {
-    flag: Mutex<bool>,
-    cv: Condvar,
+    task: OnceLock<TaskHandle>,
 }
 
 impl Waker {
     fn wake(&self) {
-        let mut w = self.flag.lock().unwrap_or_else(|e| e.into_inner());
-        *w = true;
-        self.cv.notify_all();
-    }
-
-    /// Waits until woken or `timeout` passes; consumes the wake-up.
-    fn wait(&self, timeout: Duration) {
-        let w = self.flag.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut w, _) = self
-            .cv
-            .wait_timeout_while(w, timeout, |w| !*w)
-            .unwrap_or_else(|e| e.into_inner());
-        *w = false;
+        if let Some(t) = self.task.get() {
+            t.wake();
+        }
     }
 }
 
@@ -305,6 +321,7 @@ impl IrqLine for HartIrq {
 pub struct Vm {
     shared: Arc<Shared>,
     harts: Vec<Hart>,
+    sched: Arc<SchedSlot>,
     uart: UartInput,
     /// The final counters, filled when `run` ends (controllers keep reporting them).
     last: Arc<Mutex<VmStats>>,
@@ -387,6 +404,7 @@ impl Vm {
         Ok(Vm {
             shared,
             harts,
+            sched: Arc::default(),
             uart: devices.uart_input,
             last,
             name: None,
@@ -423,6 +441,7 @@ impl Vm {
         VmController {
             shared: Arc::downgrade(&self.shared),
             vcpus: self.shared.counters.clone(),
+            sched: self.sched.clone(),
             memory_configured: self
                 .last
                 .lock()
@@ -443,48 +462,59 @@ impl Vm {
         }
     }
 
-    /// Runs the VM until it powers off, resets, crashes or is stopped.
+    /// The scheduler settings of a VM without resource settings of its own: normal shares
+    /// (1000 per vCPU), no reservation, no limit, any CPU.
+    pub fn default_cpu_params(&self) -> GroupParams {
+        GroupParams {
+            shares: 1000 * self.harts.len() as u32,
+            ..GroupParams::default()
+        }
+    }
+
+    /// Runs the VM on the process's scheduler ([`Scheduler::global`]) with default settings
+    /// until it powers off, resets, crashes or is stopped.
     pub fn run(self) -> VmOutcome {
+        let params = self.default_cpu_params();
+        match Scheduler::global().add_group(params, self.harts.len()) {
+            Ok(g) => self.run_in(Arc::new(g)),
+            Err(e) => VmOutcome::Crashed(format!("the CPU scheduler refused the VM: {e}")),
+        }
+    }
+
+    /// Runs the VM's vCPUs as tasks of `group` (admitted by the caller, with the VM's
+    /// resource settings) until it powers off, resets, crashes or is stopped.
+    pub fn run_in(self, group: Arc<Group>) -> VmOutcome {
         let shared = self.shared.clone();
-        let name = self.name.clone();
-        let threads: Vec<_> = self
-            .harts
-            .into_iter()
-            .enumerate()
-            .map(|(i, hart)| {
-                let s = shared.clone();
-                std::thread::Builder::new()
-                    .name(vcpu_thread_name(name.as_deref(), i))
-                    .spawn(move || {
-                        // A panic in a vCPU (a bug in vmk) ends this VM, not the host, and
-                        // must not leave the other vCPUs running forever.
-                        let s2 = s.clone();
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            vcpu_loop(s, i, hart)
-                        }));
-                        if let Err(p) = r {
-                            let msg = p
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| p.downcast_ref::<String>().cloned())
-                                .unwrap_or_else(|| "unknown panic".into());
-                            s2.finish(VmOutcome::Crashed(format!("vCPU {i} panicked: {msg}")));
-                        }
-                    })
-            })
-            .collect();
-        for t in threads {
-            match t {
-                Ok(t) => {
-                    if t.join().is_err() {
-                        shared.finish(VmOutcome::Crashed("a vCPU thread panicked".into()));
-                    }
+        *vmk_base::lock(&self.sched.group) = Arc::downgrade(&group);
+        let mut handles = Vec::new();
+        for (i, hart) in self.harts.into_iter().enumerate() {
+            let kick = hart.handle();
+            let task = VcpuTask {
+                s: shared.clone(),
+                id: i,
+                hart,
+            };
+            match group.spawn(
+                &vcpu_thread_name(self.name.as_deref(), i),
+                Box::new(task),
+                Some(Arc::new(move || kick.kick())),
+            ) {
+                Ok(h) => {
+                    // Bound before the task can wait: it starts ready.
+                    let _ = shared.harts[i].waker.task.set(h.clone());
+                    handles.push(h);
                 }
-                Err(e) => shared.finish(VmOutcome::Crashed(format!(
-                    "cannot start a vCPU thread: {e}"
-                ))),
+                Err(e) => {
+                    shared.finish(VmOutcome::Crashed(format!("cannot start vCPU {i}: {e}")));
+                    break;
+                }
             }
         }
+        *vmk_base::lock(&self.sched.tasks) = handles.clone();
+        for h in &handles {
+            h.join();
+        }
+        drop(group);
         let o = shared
             .outcome
             .lock()
@@ -904,98 +934,129 @@ impl SbiHost for CallCtx<'_> {
     }
 }
 
-fn vcpu_loop(s: Arc<Shared>, id: usize, mut hart: Hart) {
-    let slot = &s.harts[id];
-    loop {
-        if s.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        // HSM: a stopped hart waits for hart_start.
-        let state = *slot.hsm.lock().unwrap_or_else(|e| e.into_inner());
-        match state {
-            HsmState::Stopped => {
-                slot.waker.wait(Duration::from_millis(50));
-                continue;
+/// A vCPU as a scheduler task: runs its hart in `SLICE`-instruction steps until the
+/// scheduler's slice is over, the guest waits (WFI, HSM stopped) or the VM ends.
+struct VcpuTask {
+    s: Arc<Shared>,
+    id: usize,
+    hart: Hart,
+}
+
+impl vmk_sched::Task for VcpuTask {
+    fn run(&mut self, slice: &Slice) -> Yield {
+        // A panic in a vCPU (a bug in vmk) ends this VM, not the host or the scheduler's
+        // worker, and must not leave the other vCPUs running forever.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_slice(slice)));
+        r.unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            self.s.finish(VmOutcome::Crashed(format!(
+                "vCPU {} panicked: {msg}",
+                self.id
+            )));
+            Yield::Done
+        })
+    }
+}
+
+impl VcpuTask {
+    fn run_slice(&mut self, slice: &Slice) -> Yield {
+        let s = &*self.s;
+        let id = self.id;
+        let hart = &mut self.hart;
+        let slot = &s.harts[id];
+        loop {
+            if s.stop.load(Ordering::SeqCst) {
+                return Yield::Done;
             }
-            HsmState::StartPending { addr, opaque } => {
-                hart.set_priv_mode(PrivMode::Supervisor);
-                hart.set_csr(csr_addr::SATP, 0);
-                hart.set_csr(csr_addr::SSTATUS, 0); // SIE off
-                hart.set_pc(addr);
-                hart.set_reg(10, id as u64);
-                hart.set_reg(11, opaque);
-                *slot.hsm.lock().unwrap_or_else(|e| e.into_inner()) = HsmState::Started;
+            // HSM: a stopped hart waits for hart_start (which wakes it).
+            let state = *slot.hsm.lock().unwrap_or_else(|e| e.into_inner());
+            match state {
+                HsmState::Stopped => return Yield::Wait(None),
+                HsmState::StartPending { addr, opaque } => {
+                    hart.set_priv_mode(PrivMode::Supervisor);
+                    hart.set_csr(csr_addr::SATP, 0);
+                    hart.set_csr(csr_addr::SSTATUS, 0); // SIE off
+                    hart.set_pc(addr);
+                    hart.set_reg(10, id as u64);
+                    hart.set_reg(11, opaque);
+                    *slot.hsm.lock().unwrap_or_else(|e| e.into_inner()) = HsmState::Started;
+                }
+                HsmState::Started => {}
             }
-            HsmState::Started => {}
-        }
-        let exit = hart.run(SLICE);
-        let counters = &s.counters[id];
-        counters.instret.store(hart.instret(), Ordering::Relaxed);
-        counters
-            .cpu_time_ns
-            .store(thread_cpu_time_ns(), Ordering::Relaxed);
-        let deadline = slot.deadline.load(Ordering::SeqCst);
-        if deadline != u64::MAX && s.now() >= deadline {
-            slot.handle.set_irq(Irq::SupervisorTimer, true);
-        }
-        match exit {
-            Exit::MmioRead { addr, size } => {
-                let v = s.bus.read(addr, size).unwrap_or(0);
-                hart.complete_mmio_read(v);
+            let exit = hart.run(SLICE);
+            s.counters[id]
+                .instret
+                .store(hart.instret(), Ordering::Relaxed);
+            let deadline = slot.deadline.load(Ordering::SeqCst);
+            if deadline != u64::MAX && s.now() >= deadline {
+                slot.handle.set_irq(Irq::SupervisorTimer, true);
             }
-            Exit::MmioWrite { addr, size, value } => {
-                s.bus.write(addr, size, value);
-                if let Some(req) = s.power.take() {
-                    s.finish(match req {
-                        PowerRequest::Poweroff { code } | PowerRequest::Fail { code } => {
-                            VmOutcome::PowerOff { code: code as i32 }
-                        }
-                        PowerRequest::Reset => VmOutcome::Reboot,
-                    });
+            match exit {
+                Exit::MmioRead { addr, size } => {
+                    let v = s.bus.read(addr, size).unwrap_or(0);
+                    hart.complete_mmio_read(v);
+                }
+                Exit::MmioWrite { addr, size, value } => {
+                    s.bus.write(addr, size, value);
+                    if let Some(req) = s.power.take() {
+                        s.finish(match req {
+                            PowerRequest::Poweroff { code } | PowerRequest::Fail { code } => {
+                                VmOutcome::PowerOff { code: code as i32 }
+                            }
+                            PowerRequest::Reset => VmOutcome::Reboot,
+                        });
+                    }
+                }
+                Exit::Ecall => {
+                    let a = [
+                        hart.reg(10),
+                        hart.reg(11),
+                        hart.reg(12),
+                        hart.reg(13),
+                        hart.reg(14),
+                        hart.reg(15),
+                    ];
+                    let (fid, eid) = (hart.reg(16), hart.reg(17));
+                    let mut ctx = CallCtx {
+                        shared: s,
+                        hart: id,
+                        stop_self: false,
+                    };
+                    let r = sbi::handle(&mut ctx, id as u64, eid, fid, a);
+                    hart.set_reg(10, r.error as u64);
+                    if eid >= 0x10 {
+                        hart.set_reg(11, r.value);
+                    }
+                    if ctx.stop_self {
+                        *slot.hsm.lock().unwrap_or_else(|e| e.into_inner()) = HsmState::Stopped;
+                    }
+                }
+                Exit::Wfi => {
+                    // Idle until an interrupt line rises (its IrqLine wakes the task) or
+                    // the timer's deadline; nothing polls.
+                    if deadline == u64::MAX {
+                        return Yield::Wait(None);
+                    }
+                    let now = s.now();
+                    if deadline > now {
+                        let wait = Duration::from_nanos(
+                            ((deadline - now) as u128 * 1_000_000_000 / TIMEBASE_HZ as u128) as u64,
+                        );
+                        return Yield::Wait(Some(Instant::now() + wait));
+                    }
+                }
+                Exit::BudgetExhausted | Exit::Kicked | Exit::Interrupt { .. } => {}
+                Exit::Fatal(e) => {
+                    s.finish(VmOutcome::Crashed(format!("vCPU {id}: {e}")));
+                    return Yield::Done;
                 }
             }
-            Exit::Ecall => {
-                let a = [
-                    hart.reg(10),
-                    hart.reg(11),
-                    hart.reg(12),
-                    hart.reg(13),
-                    hart.reg(14),
-                    hart.reg(15),
-                ];
-                let (fid, eid) = (hart.reg(16), hart.reg(17));
-                let mut ctx = CallCtx {
-                    shared: &s,
-                    hart: id,
-                    stop_self: false,
-                };
-                let r = sbi::handle(&mut ctx, id as u64, eid, fid, a);
-                hart.set_reg(10, r.error as u64);
-                if eid >= 0x10 {
-                    hart.set_reg(11, r.value);
-                }
-                if ctx.stop_self {
-                    *slot.hsm.lock().unwrap_or_else(|e| e.into_inner()) = HsmState::Stopped;
-                }
-            }
-            Exit::Wfi => {
-                let now = s.now();
-                let wait = if deadline == u64::MAX {
-                    Duration::from_millis(100)
-                } else if deadline <= now {
-                    Duration::ZERO
-                } else {
-                    Duration::from_nanos(
-                        ((deadline - now) as u128 * 1_000_000_000 / TIMEBASE_HZ as u128)
-                            .min(100_000_000) as u64,
-                    )
-                };
-                slot.waker.wait(wait);
-            }
-            Exit::BudgetExhausted | Exit::Kicked | Exit::Interrupt { .. } => {}
-            Exit::Fatal(e) => {
-                s.finish(VmOutcome::Crashed(format!("vCPU {id}: {e}")));
-                return;
+            if slice.over() {
+                return Yield::Ready;
             }
         }
     }

@@ -1,7 +1,8 @@
-//! The host threads of a VM as the host's tools see them: each vCPU thread is named
-//! `<vm>/vcpu<i>` (cut to Linux's 15 bytes), and the CPU time a vCPU reports is its
-//! thread's CPU time as the kernel accounts it (what `vmk vm top` turns into %USED, 100% =
-//! one host CPU).
+//! The host threads of a VM as the host's tools see them. On vmk's scheduler a vCPU has no
+//! thread: it runs on the scheduler's workers (`vmk-cpu<N>`, one per host CPU), and the CPU
+//! time it reports is what the kernel counts for the worker while it ran (what `vmk vm top`
+//! turns into %USED, 100% = one host CPU). In the thread-per-vCPU baseline each vCPU thread
+//! is named `<vm>/vcpu<i>` (cut to Linux's 15 bytes).
 
 mod guest;
 
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmk_machine::{vcpu_thread_name, Console, Vm, VmConfig, VmOutcome};
+use vmk_sched::{Mode, SchedConfig, Scheduler, Topology};
 
 #[derive(Default)]
 struct Capture(Mutex<Vec<u8>>);
@@ -76,17 +78,14 @@ fn thread_names_fit_linux() {
     }
 }
 
-/// A 2-vCPU machine named `database-server`: its vCPU threads are `database-/vcpu0` and
-/// `database-/vcpu1`; vCPU 0 spins, and the CPU time it reports is its thread's.
-#[test]
-fn vcpu_threads_are_named_per_vm_and_report_their_cpu_time() {
+fn spin_vm(name: &str) -> (Vm, Arc<Capture>) {
     let prog = {
         let mut a = Asm::new();
         a.print("spinning\n").hang();
         a.runtime();
         a.finish()
     };
-    let kernel = Path::new(env!("CARGO_TARGET_TMPDIR")).join("threads-spin.elf");
+    let kernel = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("threads-spin-{name}.elf"));
     std::fs::write(&kernel, prog.elf()).expect("write kernel");
     let console = Arc::new(Capture::default());
     let mut vm = Vm::new(VmConfig {
@@ -101,66 +100,131 @@ fn vcpu_threads_are_named_per_vm_and_report_their_cpu_time() {
         fault_on_console: None,
     })
     .expect("Vm::new");
-    vm.set_name("database-server");
-    let ctl = vm.controller();
-    let stop = vm.stopper();
-    let runner = std::thread::spawn(move || vm.run());
+    vm.set_name(name);
+    (vm, console)
+}
 
-    let want = ["database-/vcpu0", "database-/vcpu1"];
+fn scheduler(mode: Mode) -> Scheduler {
+    let topology = Topology::from_host().expect("topology");
+    Scheduler::new(SchedConfig {
+        // One worker on the first CPU: all this VM's vCPUs run there.
+        topology: topology.restrict(&[topology.cpus[0].id]).expect("CPU"),
+        cpu_mhz: 1000,
+        quantum: Duration::from_millis(10),
+        skew: Duration::from_millis(3),
+        pin: true,
+        mode,
+    })
+    .expect("scheduler")
+}
+
+fn wait_for_threads(want: &[&str]) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let tids: Vec<u32> = loop {
+    loop {
         let t = threads();
         let found: Vec<u32> = want
             .iter()
             .filter_map(|w| t.iter().find(|(_, (c, _))| c == w).map(|(tid, _)| *tid))
             .collect();
         if found.len() == want.len() {
-            break found;
+            return found;
         }
         assert!(
             Instant::now() < deadline,
-            "vCPU threads not found; threads: {:?}",
+            "threads {want:?} not found; threads: {:?}",
             t.values().map(|(c, _)| c).collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(10));
-    };
-    // No thread of this process has the old, VM-less name `vcpuN`.
-    let old_style = |c: &str| {
-        c.strip_prefix("vcpu")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    };
+    }
+}
+
+/// The kernel counts in clock ticks (10 ms at 100 Hz) and the vCPU's time is published at
+/// the end of each slice: allow some of both.
+fn assert_close(reported: u64, kernel_ns: u64, what: &str) {
+    let slack = 50_000_000 + kernel_ns / 20;
     assert!(
-        !threads().values().any(|(c, _)| old_style(c)),
-        "{:?}",
+        reported.abs_diff(kernel_ns) <= slack,
+        "vCPU 0 reports {reported} ns of CPU, {what} used {kernel_ns} ns"
+    );
+    assert!(
+        reported > 100_000_000,
+        "the spinning vCPU used only {reported} ns"
+    );
+}
+
+/// vmk's scheduler: a 2-vCPU machine's vCPUs run on the scheduler's worker (`vmk-cpu<N>`),
+/// not on threads of their own; vCPU 0 spins and the CPU time it reports is what the
+/// kernel counts for the worker; vCPU 1 (HSM stopped) costs nothing and shows as waiting.
+#[test]
+fn vcpus_run_on_the_scheduler_workers_and_report_their_cpu_time() {
+    let sched = scheduler(Mode::Scheduler);
+    let (vm, console) = spin_vm("scheduled");
+    let ctl = vm.controller();
+    let stop = vm.stopper();
+    let group = Arc::new(
+        sched
+            .add_group(vm.default_cpu_params(), 2)
+            .expect("admitted"),
+    );
+    let runner = std::thread::spawn(move || vm.run_in(group));
+    let worker = format!("vmk-cpu{}", sched.cpu_ids()[0]);
+    let tid = wait_for_threads(&[&worker])[0];
+    std::thread::sleep(Duration::from_millis(200));
+    // (The baseline test may run beside this one, with threads of its own VM.)
+    let is_vcpu_thread = |c: &str| c.starts_with("scheduled/");
+    assert!(
+        !threads().values().any(|(c, _)| is_vcpu_thread(c)),
+        "a vCPU has a thread of its own: {:?}",
         threads()
     );
-
-    // Let vCPU 0 spin for a while, then compare what it reports with the kernel's count.
-    let t0 = (Instant::now(), ctl.stats().vcpus[0].cpu_time_ns);
+    let k0 = threads().get(&tid).map(|(_, ns)| *ns).unwrap_or(0);
+    let r0 = ctl.stats().vcpus[0].cpu_time_ns;
+    let w0 = ctl.stats().vcpus[1].wait_ns;
+    let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     let reported = ctl.stats().vcpus;
-    eprintln!(
-        "vCPU 0 used {:.0}% of one host CPU over {:?} (the host may be busy)",
-        reported[0].cpu_time_ns.saturating_sub(t0.1) as f64 / t0.0.elapsed().as_nanos() as f64
-            * 100.0,
-        t0.0.elapsed()
-    );
-    let kernel_ns = threads().get(&tids[0]).map(|(_, ns)| *ns).unwrap_or(0);
+    let kernel_ns = threads().get(&tid).map(|(_, ns)| *ns).unwrap_or(0) - k0;
+    let elapsed = t0.elapsed().as_nanos() as u64;
     stop();
     assert_eq!(runner.join().expect("run"), VmOutcome::Stopped);
     assert_eq!(reported.len(), 2);
-    let r0 = reported[0].cpu_time_ns;
-    // The kernel counts in clock ticks (10 ms at 100 Hz) and the vCPU publishes its time
-    // after each slice: allow some of both.
-    let slack = 50_000_000 + kernel_ns / 20;
+    assert_close(reported[0].cpu_time_ns - r0, kernel_ns, "the worker");
+    assert!(reported[1].cpu_time_ns < 10_000_000, "{:?}", reported[1]);
+    let waited = reported[1].wait_ns - w0;
     assert!(
-        r0.abs_diff(kernel_ns) <= slack,
-        "vCPU 0 reports {r0} ns of CPU, its thread used {kernel_ns} ns"
+        waited + 50_000_000 >= elapsed,
+        "vCPU 1 waited {waited} of {elapsed} ns"
     );
-    assert!(r0 > 100_000_000, "the spinning vCPU used only {r0} ns");
-    // vCPU 1 waits (HSM stopped): next to nothing.
+    // The final counters stay readable once the VM has ended.
+    assert!(ctl.stats().vcpus[0].cpu_time_ns >= reported[0].cpu_time_ns);
+    let text =
+        String::from_utf8_lossy(&console.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    assert_eq!(text, "spinning\n");
+}
+
+/// The thread-per-vCPU baseline (`bench/sched.sh` compares against it): each vCPU thread
+/// is named `<vm>/vcpu<i>` (cut to 15 bytes) and reports its thread's CPU time.
+#[test]
+fn baseline_vcpu_threads_are_named_per_vm_and_report_their_cpu_time() {
+    let sched = scheduler(Mode::ThreadPerTask);
+    let (vm, console) = spin_vm("database-server");
+    let ctl = vm.controller();
+    let stop = vm.stopper();
+    let group = Arc::new(
+        sched
+            .add_group(vm.default_cpu_params(), 2)
+            .expect("admitted"),
+    );
+    let runner = std::thread::spawn(move || vm.run_in(group));
+    let tids = wait_for_threads(&["database-/vcpu0", "database-/vcpu1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let reported = ctl.stats().vcpus;
+    let kernel_ns = threads().get(&tids[0]).map(|(_, ns)| *ns).unwrap_or(0);
+    stop();
+    assert_eq!(runner.join().expect("run"), VmOutcome::Stopped);
+    assert_close(reported[0].cpu_time_ns, kernel_ns, "its thread");
     assert!(
-        reported[1].cpu_time_ns < r0 / 4,
+        reported[1].cpu_time_ns < reported[0].cpu_time_ns / 4,
         "the idle vCPU reports {} ns",
         reported[1].cpu_time_ns
     );
