@@ -132,10 +132,14 @@ impl Default for Shares {
     }
 }
 
-/// Resource settings (stored and validated now; the scheduler issue enforces them).
+/// Resource settings. The CPU settings are enforced by vmk's scheduler (and may be changed
+/// while the VM runs); the memory settings are stored and validated, and enforced once
+/// memory overcommit lands.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Resources {
+    /// Per vCPU: low 500, normal 1000, high 2000, or a number (the VM's shares are that
+    /// times its vCPUs).
     pub cpu_shares: Shares,
     /// Guaranteed host CPU, in MHz of one host core.
     pub cpu_reservation_mhz: u64,
@@ -266,6 +270,69 @@ pub struct HostConfig {
     /// `[NAME] dir/file.vmdk`.
     #[serde(default, rename = "datastore", skip_serializing_if = "Vec::is_empty")]
     pub datastores: Vec<DatastoreConfig>,
+    // ---- CPU ----
+    /// The licence edition: caps the vCPUs of a VM (standard 4, enterprise-plus 8,
+    /// unlimited 64, vmk's maximum).
+    #[serde(default)]
+    pub edition: Edition,
+    /// How vmk uses the host's CPUs (`[cpu]`).
+    #[serde(default)]
+    pub cpu: CpuConfig,
+}
+
+/// The licence edition (the seed's vSMP caps per VM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Edition {
+    Standard,
+    EnterprisePlus,
+    #[default]
+    Unlimited,
+}
+
+impl Edition {
+    /// Most vCPUs one VM may have.
+    pub fn max_vcpus(self) -> u32 {
+        match self {
+            Edition::Standard => 4,
+            Edition::EnterprisePlus => 8,
+            Edition::Unlimited => 64,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Edition::Standard => "standard",
+            Edition::EnterprisePlus => "enterprise-plus",
+            Edition::Unlimited => "unlimited",
+        }
+    }
+}
+
+/// The host's `[cpu]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuConfig {
+    /// MHz of one logical CPU (reservations and limits are in MHz); default: the host's
+    /// (cpufreq's maximum, else /proc/cpuinfo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mhz: Option<u64>,
+    /// The logical CPUs vmk schedules on (one worker each); default: all online CPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<u32>>,
+    /// `vmk` (vmk's scheduler, the default) or `threads` (one thread per vCPU, Linux
+    /// schedules; the baseline of `bench/sched.sh`, resource settings other than affinity
+    /// are not applied).
+    #[serde(default)]
+    pub scheduler: SchedulerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    #[default]
+    Vmk,
+    Threads,
 }
 
 // ---- datastores ----
@@ -322,6 +389,8 @@ impl Default for HostConfig {
             socket: default_socket(),
             tcp: None,
             datastores: Vec::new(),
+            edition: Edition::default(),
+            cpu: CpuConfig::default(),
         }
     }
 }
@@ -400,14 +469,52 @@ pub struct HostInfo {
     /// The configured datastores, mounted or not (and why).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub datastores: Vec<DatastoreStatus>,
+    /// How vmk shares the CPUs out.
+    #[serde(default)]
+    pub cpu: CpuInfo,
+}
+
+/// The host's CPUs as vmk's scheduler sees them (`host info`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CpuInfo {
+    /// MHz of one logical CPU (measured or from the host config).
+    pub cpu_mhz: u64,
+    /// The logical CPUs vmk schedules on.
+    pub cpus: Vec<u32>,
+    /// Usable CPUs x `cpu_mhz`.
+    pub capacity_mhz: u64,
+    /// MHz reserved by running VMs.
+    pub reserved_mhz: u64,
+    /// `vmk` or `threads`.
+    pub scheduler: String,
+    /// The licence edition and the vCPUs it allows per VM.
+    pub edition: String,
+    pub max_vcpus_per_vm: u32,
+    /// Physical cores, logical CPUs per core, NUMA nodes.
+    pub cores: u32,
+    pub threads_per_core: u32,
+    pub numa_nodes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct VcpuMetrics {
-    /// Host CPU time this vCPU's thread used, in nanoseconds.
+    /// Host CPU time this vCPU ran, in nanoseconds (esxtop's used).
     pub cpu_time_ns: u64,
     /// Guest instructions retired.
     pub instret: u64,
+    /// Ready to run but not running (%RDY), in nanoseconds.
+    #[serde(default)]
+    pub ready_ns: u64,
+    /// Held back by co-scheduling (%CSTP).
+    #[serde(default)]
+    pub costop_ns: u64,
+    /// Idle in the guest (%WAIT).
+    #[serde(default)]
+    pub wait_ns: u64,
+    /// Ready but held back by the VM's CPU limit (%MLMTD).
+    #[serde(default)]
+    pub limited_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -497,6 +604,15 @@ pub struct HostMetrics {
     /// The host process's CPU time, in nanoseconds.
     pub cpu_time_ns: u64,
     pub vms: Vec<VmMetrics>,
+    /// Per logical CPU vmk schedules on: the time it ran vCPUs.
+    #[serde(default)]
+    pub pcpus: Vec<PcpuMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PcpuMetrics {
+    pub cpu: u32,
+    pub used_ns: u64,
 }
 
 /// A request the host refuses or cannot carry out. Messages say what, where and what to do.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vmk_api::model::{
-    validate_name, DiskMetrics, ExitInfo, HostConfig, HostError, HostInfo, HostMetrics, NicMetrics,
-    VcpuMetrics, VmDefinition, VmInfo, VmMetrics, VmState,
+    validate_name, CpuInfo, DiskMetrics, ExitInfo, HostConfig, HostError, HostInfo, HostMetrics,
+    NicMetrics, VcpuMetrics, VmDefinition, VmInfo, VmMetrics, VmState,
 };
 
 use crate::api::{ApiError, Server};
@@ -236,6 +236,18 @@ impl HostApi for FakeHost {
             uptime_secs: self.started.elapsed().as_secs(),
             dir: "/var/lib/vmk-fake".into(),
             datastores: Vec::new(),
+            cpu: CpuInfo {
+                cpu_mhz: 2000,
+                cpus: (0..FAKE_CPUS).collect(),
+                capacity_mhz: 2000 * FAKE_CPUS as u64,
+                scheduler: "vmk".into(),
+                edition: "unlimited".into(),
+                max_vcpus_per_vm: 64,
+                cores: FAKE_CPUS,
+                threads_per_core: 1,
+                numa_nodes: 1,
+                ..Default::default()
+            },
         }
     }
 
@@ -428,6 +440,7 @@ impl HostApi for FakeHost {
                 .map(|c| c.cpu_time_ns)
                 .sum(),
             vms: vms.values().map(|v| v.metrics.clone()).collect(),
+            pcpus: Vec::new(),
         }
     }
 

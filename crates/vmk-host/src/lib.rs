@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod console;
+pub mod cpu;
 pub mod datastores;
 pub mod disks;
 #[cfg(feature = "fake")]

@@ -110,6 +110,9 @@ struct VmStatus {
     nic_ports: Vec<PortHandle>,
     /// The NICs' counters when the last machine ended.
     nic_last: Vec<NicMetrics>,
+    /// The VM's scheduler group for the session (its admitted reservation); `None` when
+    /// stopped. The runner drops it before the VM shows stopped.
+    group: Option<Arc<vmk_sched::Group>>,
 }
 
 impl VmStatus {
@@ -244,6 +247,11 @@ pub struct Host {
     /// disk started at the same time cannot both pass the check. Lock order: a VM's `op`,
     /// then this, then the VM map, then `st`s (one at a time).
     start_gate: Mutex<()>,
+    // ---- CPU ----
+    /// Runs every vCPU of every VM (`cpu.rs` turns resource settings into its terms).
+    sched: vmk_sched::Scheduler,
+    topology: vmk_sched::Topology,
+    edition: Edition,
 }
 
 impl Host {
@@ -285,6 +293,7 @@ impl Host {
                 e.message
             );
         }
+        let (sched, topology) = crate::cpu::scheduler(&cfg.cpu)?;
         // Before autostart: VMs may have their disks on datastores.
         let datastores = Arc::new(Datastores::mount_all(&cfg.datastores));
         let (net, problems) = Network::open(
@@ -310,6 +319,9 @@ impl Host {
             _lock: dir_lock,
             datastores,
             start_gate: Mutex::new(()),
+            sched,
+            topology,
+            edition: cfg.edition,
         });
         let autostart: Vec<String> = lock(&host.vms)
             .values()
@@ -419,6 +431,19 @@ impl Host {
                     )))
                 }
             }
+            // The edition's vCPU cap and the scheduler's admission control (a reservation
+            // must fit beside the running VMs'), before anything changes.
+            crate::cpu::check_edition(&st.def, self.edition)?;
+            let group = self
+                .sched
+                .add_group(
+                    crate::cpu::group_params(st.def.cpus, &st.def.resources),
+                    st.def.cpus as usize,
+                )
+                .map_err(|err| match err {
+                    vmk_sched::SchedError::Policy(p) => crate::cpu::refusal(&e.name, p),
+                    other => HostError::Internal(format!("VM '{}': {other}", e.name)),
+                })?;
             // The NICs' MACs for this power-on (refused: a MAC another running VM has, a
             // port group that does not exist), before anything changes.
             let lease = self.net.lease(&e.name, &st.def.nics, &st.saved.nic_macs)?;
@@ -430,15 +455,18 @@ impl Host {
             st.state = VmState::Starting;
             st.session += 1;
             st.intent = Intent::None;
+            let group = Arc::new(group);
+            st.group = Some(group.clone());
             e.changed.notify_all();
-            (st.def.clone(), lease)
+            (st.def.clone(), (lease, group))
         };
+        let (lease, group) = lease;
         let (tx, rx) = mpsc::channel();
         let entry = e.clone();
         let ds = self.datastores.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vm-{}", e.name))
-            .spawn(move || runner(entry, def, lease, tx, ds));
+            .spawn(move || runner(entry, def, lease, group, tx, ds));
         if let Err(err) = spawned {
             let reason = format!("cannot start the VM's thread: {err}");
             finish_session(
@@ -604,23 +632,37 @@ impl Host {
             )));
         }
         let _op = self.op(e)?;
+        for d in &mut def.disks {
+            d.path = normalize_disk_path(&d.path);
+        }
         {
             let st = lock(&e.st);
+            // A running VM's CPU resource settings change at once; everything else waits
+            // for a stop.
+            if st.running() {
+                let mut only_cpu = st.def.clone();
+                only_cpu.resources.cpu_shares = def.resources.cpu_shares;
+                only_cpu.resources.cpu_reservation_mhz = def.resources.cpu_reservation_mhz;
+                only_cpu.resources.cpu_limit_mhz = def.resources.cpu_limit_mhz;
+                only_cpu.resources.cpu_affinity = def.resources.cpu_affinity.clone();
+                if only_cpu == def {
+                    drop(st);
+                    return self.update_cpu_live(e, def);
+                }
+            }
             match st.state {
                 VmState::Stopped | VmState::Crashed => {}
                 s => {
                     return Err(HostError::Conflict(format!(
                         "VM '{}' is {}: its definition can only be changed while it is \
-                         stopped; stop it first (`vmk vm stop {}`), then edit it",
+                         stopped (except its CPU resource settings); stop it first (`vmk vm \
+                         stop {}`), then edit it",
                         e.name,
                         state_name(s),
                         e.name
                     )))
                 }
             }
-        }
-        for d in &mut def.disks {
-            d.path = normalize_disk_path(&d.path);
         }
         self.check_new_definition(&def)?;
         let vms = lock(&self.vms);
@@ -658,9 +700,46 @@ impl Host {
         Ok(e.info(&st))
     }
 
+    /// Changes a running VM's CPU shares, reservation, limit and affinity (the rest of `def`
+    /// is the running definition): the scheduler first (a reservation that no longer fits
+    /// is refused and nothing changes), then the stored definition.
+    fn update_cpu_live(&self, e: &Arc<VmEntry>, def: VmDefinition) -> Result<VmInfo, HostError> {
+        validate_definition(&def, &self.limits)?;
+        let group = lock(&e.st).group.clone();
+        if let Some(g) = &group {
+            g.set_params(crate::cpu::group_params(def.cpus, &def.resources))
+                .map_err(|err| {
+                    let msg = format!(
+                        "VM '{}': the new CPU settings are refused: {err}; the running \
+                         settings are unchanged",
+                        e.name
+                    );
+                    match err {
+                        vmk_sched::PolicyError::ReservationDoesNotFit { .. } => {
+                            HostError::Conflict(msg)
+                        }
+                        _ => HostError::Invalid(msg),
+                    }
+                })?;
+        }
+        inventory::save_definition(&self.dir, &def).map_err(|err| {
+            HostError::Internal(format!(
+                "the new CPU settings of VM '{}' are in force but cannot be stored in {}: \
+                 {err} (they last until the VM stops)",
+                def.name,
+                e.dir.join(inventory::DEFINITION_FILE).display()
+            ))
+        })?;
+        let mut st = lock(&e.st);
+        st.def = def;
+        e.changed.notify_all();
+        Ok(e.info(&st))
+    }
+
     /// The checks of a definition that need no other VM: limits, datastores, port groups.
     fn check_new_definition(&self, def: &VmDefinition) -> Result<(), HostError> {
         validate_definition(def, &self.limits)?;
+        crate::cpu::check_edition(def, self.edition)?;
         self.datastores.check_definition(def)?;
         for (i, n) in def.nics.iter().enumerate() {
             self.net.check_portgroup(&n.portgroup).map_err(|err| {
@@ -736,6 +815,10 @@ impl Host {
                 .map(|v| VcpuMetrics {
                     cpu_time_ns: v.cpu_time_ns,
                     instret: v.instret,
+                    ready_ns: v.ready_ns,
+                    costop_ns: v.costop_ns,
+                    wait_ns: v.wait_ns,
+                    limited_ns: v.limited_ns,
                 })
                 .collect(),
             memory_configured: st.def.memory.0,
@@ -838,6 +921,7 @@ fn new_entry(name: String, dir: PathBuf, def: VmDefinition, saved: PersistedStat
             deleted: false,
             nic_ports: Vec::new(),
             nic_last: Vec::new(),
+            group: None,
         }),
         changed: Condvar::new(),
         console,
@@ -893,6 +977,8 @@ fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
     st.saved.ended_at = Some(sysinfo::unix_now());
     st.machine = None;
     st.intent = Intent::None;
+    // The reservation is released before the VM shows stopped.
+    st.group = None;
     if stats.is_some() {
         st.last_stats = stats;
     }
@@ -915,9 +1001,13 @@ fn runner(
     e: Arc<VmEntry>,
     def: VmDefinition,
     lease: NicLease,
+    group: Arc<vmk_sched::Group>,
     first: mpsc::Sender<Result<(), BuildFailure>>,
     ds: Arc<Datastores>,
 ) {
+    // The session's group lives in the VM's status; the runner uses it through that (so
+    // that finish_session releases it), and holds only a weak reference itself.
+    let group = Arc::downgrade(&group);
     let mut first = Some(first);
     loop {
         let pump = match Pump::start(&e.name, e.console.clone()) {
@@ -982,13 +1072,18 @@ fn runner(
         if let Some(tx) = first.take() {
             let _ = tx.send(Ok(()));
         }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run()))
-            .unwrap_or_else(|p| {
-                VmOutcome::Crashed(format!(
-                    "the VM's run loop panicked: {}",
-                    panic_message(&*p)
-                ))
-            });
+        let outcome = match group.upgrade() {
+            Some(g) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.run_in(g))),
+            None => Ok(VmOutcome::Crashed(
+                "the VM's CPU scheduler group is gone".into(),
+            )),
+        }
+        .unwrap_or_else(|p| {
+            VmOutcome::Crashed(format!(
+                "the VM's run loop panicked: {}",
+                panic_message(&*p)
+            ))
+        });
         // Everything the guest printed is delivered (and its status seen) before the end.
         let status = pump.finish();
         let stats = ctl.ctl.stats();
@@ -1085,6 +1180,7 @@ impl HostApi for Host {
             uptime_secs: self.started.elapsed().as_secs(),
             dir: self.dir.clone(),
             datastores: self.datastores.status(),
+            cpu: crate::cpu::info(&self.sched, &self.topology, self.edition),
         }
     }
 
@@ -1235,6 +1331,15 @@ impl HostApi for Host {
             rss: sysinfo::rss(),
             cpu_time_ns: sysinfo::process_cpu_time_ns(),
             vms: entries.iter().map(|e| self.metrics_of(e)).collect(),
+            pcpus: self
+                .sched
+                .cpu_stats()
+                .into_iter()
+                .map(|c| PcpuMetrics {
+                    cpu: c.id,
+                    used_ns: c.used_ns,
+                })
+                .collect(),
         }
     }
 

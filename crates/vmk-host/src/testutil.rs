@@ -85,11 +85,26 @@ impl Asm {
         self.code.push(0x1050_0073);
         self.jump_to(top)
     }
-    /// Echoes console input back, forever (polls the UART after each WFI wake-up).
+    /// Echoes console input back, forever. It polls the UART every 10 ms: a WFI woken by
+    /// the SBI timer (sie.STIE on, interrupts off), as a guest must, since a WFI with no
+    /// enabled interrupt may sleep for ever (it does on vmk's scheduler, as on QEMU).
     pub fn echo(&mut self) -> &mut Self {
+        const A0: u32 = 10;
+        const A6: u32 = 16;
+        const A7: u32 = 17;
+        const T3: u32 = 28;
+        self.li(T3, 0x20);
+        self.code
+            .push((0x104 << 20) | (T3 << 15) | (2 << 12) | 0x73); // csrs sie, t3: STIE
         self.lui(T0, UART >> 12);
         let top = self.here();
-        self.code.push(0x1050_0073); // wfi (wakes at least every 100 ms)
+        self.code.push((0xc01 << 20) | (2 << 12) | (A0 << 7) | 0x73); // rdtime a0
+        self.li(T3, 100_000); // 10 ms at the 10 MHz timebase
+        self.code.push((T3 << 20) | (A0 << 15) | (A0 << 7) | 0x33); // add a0, a0, t3
+        self.li(A7, 0x5449_4d45); // SBI TIME extension
+        self.li(A6, 0); // set_timer
+        self.code.push(0x0000_0073); // ecall
+        self.code.push(0x1050_0073); // wfi
         self.i(0x03, 4, T1, T0, 5); // lbu t1, 5(t0): LSR
         self.i(0x13, 7, T1, T1, 1); // andi t1, t1, 1: data ready
         self.beq_to(T1, 0, top);

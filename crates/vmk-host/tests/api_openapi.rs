@@ -305,6 +305,18 @@ fn host_info() -> HostInfo {
                 error: Some("not a vmk datastore".into()),
             },
         ],
+        cpu: CpuInfo {
+            cpu_mhz: 2600,
+            cpus: vec![0, 1],
+            capacity_mhz: 5200,
+            reserved_mhz: 1000,
+            scheduler: "vmk".into(),
+            edition: "enterprise-plus".into(),
+            max_vcpus_per_vm: 8,
+            cores: 2,
+            threads_per_core: 1,
+            numa_nodes: 1,
+        },
     }
 }
 
@@ -315,6 +327,10 @@ fn vm_metrics() -> VmMetrics {
         vcpus: vec![VcpuMetrics {
             cpu_time_ns: 1,
             instret: 2,
+            ready_ns: 3,
+            costop_ns: 4,
+            wait_ns: 5,
+            limited_ns: 6,
         }],
         memory_configured: 1 << 30,
         memory_touched: 1 << 20,
@@ -482,6 +498,7 @@ fn schemas_match_serde() {
             rss: 1,
             cpu_time_ns: 2,
             vms: vec![vm_metrics()],
+            pcpus: vec![PcpuMetrics { cpu: 1, used_ns: 7 }],
         },
     );
     c.valid(

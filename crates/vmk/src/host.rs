@@ -155,6 +155,27 @@ fn start(config: Option<&Path>) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// CPU ids as a kernel CPU list (`0-3,8`).
+fn vmk_sched_cpu_list(ids: &[u32]) -> String {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 pub fn format_info(h: &HostInfo) -> String {
     let mut out = format!(
         "host:      {}\nversion:   {}\ncpus:      {}\nmemory:    {}\nvms:       {} ({} running)\nuptime:    {}\ndirectory: {}\n",
@@ -167,6 +188,27 @@ pub fn format_info(h: &HostInfo) -> String {
         fmt_duration(h.uptime_secs),
         h.dir.display()
     );
+    // ---- CPU ----
+    let c = &h.cpu;
+    if c.cpu_mhz > 0 {
+        out.push_str(&format!(
+            "cpu_mhz:   {} ({} CPUs scheduled: {}; {} cores x {} threads, {} NUMA node{})
+             cpu:       capacity {} MHz, reserved {} MHz; scheduler {}; edition {} (at most {} vCPUs per VM)
+",
+            c.cpu_mhz,
+            c.cpus.len(),
+            vmk_sched_cpu_list(&c.cpus),
+            c.cores,
+            c.threads_per_core,
+            c.numa_nodes,
+            if c.numa_nodes == 1 { "" } else { "s" },
+            c.capacity_mhz,
+            c.reserved_mhz,
+            c.scheduler,
+            c.edition,
+            c.max_vcpus_per_vm
+        ));
+    }
     // ---- datastores ----
     for d in &h.datastores {
         let state = match (&d.error, d.host_id) {
@@ -237,8 +279,30 @@ mod tests {
                     error: Some("cannot open /srv/none.img".into()),
                 },
             ],
+            cpu: vmk_api::model::CpuInfo {
+                cpu_mhz: 2596,
+                cpus: vec![0, 1, 2, 3, 6],
+                capacity_mhz: 5 * 2596,
+                reserved_mhz: 500,
+                scheduler: "vmk".into(),
+                edition: "standard".into(),
+                max_vcpus_per_vm: 4,
+                cores: 5,
+                threads_per_core: 1,
+                numa_nodes: 1,
+            },
         };
         let s = format_info(&h);
+        assert!(
+            s.contains(
+                "cpu_mhz:   2596 (5 CPUs scheduled: 0-3,6; 5 cores x 1 threads, 1 NUMA node)\n"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains("capacity 12980 MHz, reserved 500 MHz; scheduler vmk; edition standard (at most 4 vCPUs per VM)"),
+            "{s}"
+        );
         assert!(
             s.contains("datastore: [ds1] /srv/ds1.img (mounted as host 2)"),
             "{s}"

@@ -1,6 +1,9 @@
 //! `vmk vm top`: the host's VMs live, like esxtop. Each frame compares two samples of
-//! `GET /v1/metrics`: %USED from the vCPU threads' CPU time, MIPS from instructions retired,
-//! disk IOPS and MB/s from the disk counters, over the time between the samples.
+//! `GET /v1/metrics`: %USED, %RDY, %CSTP, %WAIT and %MLMTD from the scheduler's accounting
+//! of the vCPUs (run, ready, co-stopped, idle, held back by the limit), MIPS from
+//! instructions retired, disk IOPS and MB/s from the disk counters, over the time between
+//! the samples. Like esxtop's VM lines, each is the sum over the VM's vCPUs (a 4-vCPU VM
+//! that idles shows %WAIT 400).
 //!
 //! %USED is esxtop's: host CPU time per wall-clock time, in % of ONE host CPU, not of the
 //! host. A VM whose one vCPU is busy shows 100 when it gets a whole host CPU, a VM with two
@@ -56,6 +59,11 @@ pub struct Rates {
     /// %USED: host CPU used by all its vCPUs, in % of one host CPU (100 = one CPU; a VM
     /// with 2 busy vCPUs is at 200).
     pub used_pct: f64,
+    /// %RDY, %CSTP, %WAIT, %MLMTD: the same unit.
+    pub ready_pct: f64,
+    pub costop_pct: f64,
+    pub wait_pct: f64,
+    pub limited_pct: f64,
     pub mips: f64,
     pub iops: f64,
     /// Disk MB/s (10^6 bytes), reads plus writes.
@@ -76,11 +84,18 @@ pub fn rates(prev: &VmMetrics, cur: &VmMetrics, dt: Duration) -> Rates {
         })
     };
     let cpu_ns = delta(sum(prev, |c| c.cpu_time_ns), sum(cur, |c| c.cpu_time_ns));
+    let pct = |f: fn(&vmk_api::model::VcpuMetrics) -> u64| {
+        delta(sum(prev, f), sum(cur, f)) as f64 / 1e9 / secs * 100.0
+    };
     let instret = delta(sum(prev, |c| c.instret), sum(cur, |c| c.instret));
     let (p_ops, p_bytes) = disk(prev);
     let (c_ops, c_bytes) = disk(cur);
     Rates {
         used_pct: cpu_ns as f64 / 1e9 / secs * 100.0,
+        ready_pct: pct(|c| c.ready_ns),
+        costop_pct: pct(|c| c.costop_ns),
+        wait_pct: pct(|c| c.wait_ns),
+        limited_pct: pct(|c| c.limited_ns),
         mips: instret as f64 / secs / 1e6,
         iops: delta(p_ops, c_ops) as f64 / secs,
         mbps: delta(p_bytes, c_bytes) as f64 / secs / 1e6,
@@ -105,8 +120,19 @@ pub fn render(prev: &HostMetrics, cur: &HostMetrics, dt: Duration) -> String {
         fmt_bytes(cur.rss)
     );
     s += &format!(
-        "{:<20} {:<8} {:>4} {:>7} {:>9} {:>15} {:>8} {:>8}\n",
-        "NAME", "STATE", "VCPU", "%USED", "MIPS", "MEM TOUCHED", "IOPS", "MB/s"
+        "{:<20} {:<8} {:>4} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>15} {:>8} {:>8}\n",
+        "NAME",
+        "STATE",
+        "VCPU",
+        "%USED",
+        "%RDY",
+        "%CSTP",
+        "%WAIT",
+        "%MLMTD",
+        "MIPS",
+        "MEM TOUCHED",
+        "IOPS",
+        "MB/s"
     );
     for vm in &cur.vms {
         let mem = format!(
@@ -114,28 +140,37 @@ pub fn render(prev: &HostMetrics, cur: &HostMetrics, dt: Duration) -> String {
             fmt_bytes(vm.memory_touched),
             fmt_bytes(vm.memory_configured)
         );
-        let (cpu, mips, iops, mbps) = match prev.vms.iter().find(|p| p.name == vm.name) {
+        let cols: [String; 9] = match prev.vms.iter().find(|p| p.name == vm.name) {
             Some(p) => {
                 let r = rates(p, vm, dt);
-                (
+                [
                     format!("{:.1}", r.used_pct),
+                    format!("{:.1}", r.ready_pct),
+                    format!("{:.1}", r.costop_pct),
+                    format!("{:.1}", r.wait_pct),
+                    format!("{:.1}", r.limited_pct),
                     format!("{:.1}", r.mips),
+                    mem,
                     format!("{:.0}", r.iops),
                     format!("{:.2}", r.mbps),
-                )
+                ]
             }
-            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            None => std::array::from_fn(|i| if i == 6 { mem.clone() } else { "-".into() }),
         };
         s += &format!(
-            "{:<20} {:<8} {:>4} {:>7} {:>9} {:>15} {:>8} {:>8}\n",
+            "{:<20} {:<8} {:>4} {:>7} {:>6} {:>6} {:>6} {:>6} {:>9} {:>15} {:>8} {:>8}\n",
             vm.name,
             state_name(vm.state),
             vm.vcpus.len(),
-            cpu,
-            mips,
-            mem,
-            iops,
-            mbps
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            cols[4],
+            cols[5],
+            cols[6],
+            cols[7],
+            cols[8]
         );
     }
     if cur.vms.is_empty() {
@@ -219,10 +254,14 @@ mod tests {
                 VcpuMetrics {
                     cpu_time_ns: cpu_ns,
                     instret,
+                    ready_ns: cpu_ns / 5,
+                    ..Default::default()
                 },
                 VcpuMetrics {
                     cpu_time_ns: cpu_ns,
                     instret: 0,
+                    wait_ns: cpu_ns / 2,
+                    ..Default::default()
                 },
             ],
             memory_configured: 512 << 20,
@@ -251,10 +290,12 @@ mod tests {
                 uptime_secs: 3700,
                 dir: "/".into(),
                 datastores: Vec::new(),
+                cpu: Default::default(),
             },
             rss: 300 << 20,
             cpu_time_ns: cpu_ns,
             vms,
+            pcpus: Vec::new(),
         }
     }
 
@@ -272,6 +313,10 @@ mod tests {
             r,
             Rates {
                 used_pct: 50.0,
+                ready_pct: 5.0,
+                costop_pct: 0.0,
+                wait_pct: 12.5,
+                limited_pct: 0.0,
                 mips: 100.0,
                 iops: 100.0,
                 mbps: 1.0
@@ -294,7 +339,7 @@ mod tests {
         let one = |ns: u64| VmMetrics {
             vcpus: vec![VcpuMetrics {
                 cpu_time_ns: ns,
-                instret: 0,
+                ..Default::default()
             }],
             ..vm("one", 0, 0, 0, 0)
         };
@@ -341,15 +386,15 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "NAME                 STATE    VCPU   %USED      MIPS     MEM TOUCHED     IOPS     MB/s"
+            "NAME                 STATE    VCPU   %USED   %RDY  %CSTP  %WAIT %MLMTD      MIPS     MEM TOUCHED     IOPS     MB/s"
         );
         assert_eq!(
             lines[3],
-            "web1                 running     2    50.0     100.0       100M/512M      100     1.00"
+            "web1                 running     2    50.0    5.0    0.0   12.5    0.0     100.0       100M/512M      100     1.00"
         );
         assert_eq!(
             lines[4],
-            "new                  running     2       -         -       100M/512M        -        -"
+            "new                  running     2       -      -      -      -      -         -       100M/512M        -        -"
         );
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use vmk_api::client::{Client, Console};
 use vmk_api::model::STOP_TIMEOUT_DEFAULT_SECS;
-use vmk_api::model::{Shares, VmDefinition, VmInfo, VmState};
+use vmk_api::model::{ShareLevel, Shares, VmDefinition, VmInfo, VmState};
 
 use crate::error::CmdError;
 use crate::fmt::{fmt_bytes, fmt_duration, fmt_exit, fmt_time, state_name};
@@ -36,11 +36,15 @@ pub enum VmCommand {
     /// (VMs cannot be renamed). The VM keeps its state, last exit and console log. Print the
     /// current definition with `vmk vm info NAME --toml`.
     Edit { name: String, file: PathBuf },
-    /// Change settings of a stopped VM: `vmk vm set web1 cpus=4 memory=2G`.
+    /// Change settings of a VM: `vmk vm set web1 cpus=4 memory=2G`.
     ///
     /// Keys: cpus (vCPUs), memory (512M, 2G, ...), autostart (true/false: start with the
-    /// host), append (the kernel command line; empty for the image's default). Other
-    /// changes: `vmk vm edit NAME FILE`.
+    /// host), append (the kernel command line; empty for the image's default), and the CPU
+    /// resources: cpu_shares (low, normal, high or shares per vCPU), cpu_reservation and
+    /// cpu_limit (MHz, e.g. 1500 or 2.5GHz; cpu_limit=none), cpu_affinity (host CPUs, e.g.
+    /// 0-3,6; any). The CPU resources of a running VM change at once
+    /// (`vmk vm set web1 cpu_shares=high cpu_limit=1500`); other keys need a stopped VM.
+    /// Other changes: `vmk vm edit NAME FILE`.
     #[command(verbatim_doc_comment)]
     Set {
         name: String,
@@ -196,7 +200,8 @@ fn edit(c: &Client, name: &str, file: &Path, out: &mut dyn Write) -> Result<(), 
 }
 
 /// The keys `vmk vm set` knows.
-const SET_KEYS: &str = "cpus, memory, autostart, append";
+const SET_KEYS: &str = "cpus, memory, autostart, append, cpu_shares, cpu_reservation, \
+                        cpu_limit, cpu_affinity";
 
 /// Applies one `KEY=VALUE` of `vmk vm set` to `def`; returns what changed, for people.
 fn apply_setting(def: &mut VmDefinition, setting: &str) -> Result<String, CmdError> {
@@ -231,6 +236,50 @@ fn apply_setting(def: &mut VmDefinition, setting: &str) -> Result<String, CmdErr
             let was = std::mem::replace(&mut def.autostart, on);
             format!("autostart {was} -> {on}")
         }
+        "cpu_shares" => {
+            let new = match value.to_ascii_lowercase().as_str() {
+                "low" => Shares::Level(ShareLevel::Low),
+                "normal" => Shares::Level(ShareLevel::Normal),
+                "high" => Shares::Level(ShareLevel::High),
+                n => Shares::Custom(n.parse().map_err(|_| {
+                    format!(
+                        "cpu_shares={value}: say low, normal, high or a number of shares per \
+                         vCPU (e.g. cpu_shares=high)"
+                    )
+                })?),
+            };
+            let was = std::mem::replace(&mut def.resources.cpu_shares, new);
+            format!("cpu_shares {} -> {}", fmt_shares(&was), fmt_shares(&new))
+        }
+        "cpu_reservation" | "cpu_reservation_mhz" => {
+            let mhz = parse_mhz(key, value)?.unwrap_or(0);
+            let was = std::mem::replace(&mut def.resources.cpu_reservation_mhz, mhz);
+            format!("cpu_reservation {was} MHz -> {mhz} MHz")
+        }
+        "cpu_limit" | "cpu_limit_mhz" => {
+            let mhz = parse_mhz(key, value)?;
+            let show = |l: Option<u64>| l.map_or("none".to_string(), |l| format!("{l} MHz"));
+            let was = std::mem::replace(&mut def.resources.cpu_limit_mhz, mhz);
+            format!("cpu_limit {} -> {}", show(was), show(mhz))
+        }
+        "cpu_affinity" => {
+            let new = match value.to_ascii_lowercase().as_str() {
+                "" | "any" | "none" => None,
+                list => Some(parse_cpu_list(list).map_err(|e| {
+                    format!("cpu_affinity={value}: {e} (e.g. cpu_affinity=0-3,6, or any)")
+                })?),
+            };
+            let show = |a: &Option<Vec<u32>>| match a {
+                Some(a) => format!("{a:?}"),
+                None => "any".to_string(),
+            };
+            let was = std::mem::replace(&mut def.resources.cpu_affinity, new);
+            format!(
+                "cpu_affinity {} -> {}",
+                show(&was),
+                show(&def.resources.cpu_affinity)
+            )
+        }
         "append" => {
             let new = (!value.is_empty()).then(|| value.to_string());
             let show = |a: &Option<String>| match a {
@@ -248,6 +297,53 @@ fn apply_setting(def: &mut VmDefinition, setting: &str) -> Result<String, CmdErr
             .into())
         }
     })
+}
+
+/// A MHz value of `vm set`: a number (`1500`, `1500MHz`, `2.5GHz`), or none/unlimited.
+fn parse_mhz(key: &str, value: &str) -> Result<Option<u64>, CmdError> {
+    let v = value.trim().to_ascii_lowercase();
+    if matches!(v.as_str(), "none" | "unlimited" | "") {
+        return Ok(None);
+    }
+    let bad =
+        || format!("{key}={value}: not a frequency (e.g. {key}=1500 for 1500 MHz, or 2.5GHz)");
+    let mhz = if let Some(g) = v.strip_suffix("ghz") {
+        g.trim().parse::<f64>().map_err(|_| bad())? * 1000.0
+    } else {
+        v.strip_suffix("mhz")
+            .unwrap_or(&v)
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| bad())?
+    };
+    if !mhz.is_finite() || mhz < 0.0 {
+        return Err(bad().into());
+    }
+    Ok(Some(mhz.round() as u64))
+}
+
+/// A kernel-style CPU list: `0-3,6`.
+fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let a: u32 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU or range"))?;
+        let b: u32 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU or range"))?;
+        if b < a || b - a > 4096 {
+            return Err(format!("'{part}' is not a CPU range"));
+        }
+        out.extend(a..=b);
+    }
+    if out.is_empty() {
+        return Err("no CPUs listed".into());
+    }
+    Ok(out)
 }
 
 /// `vmk vm set`: reads the VM's definition, applies the settings and replaces it. (Two
@@ -582,13 +678,13 @@ pub fn format_info(vm: &VmInfo, now: u64) -> String {
     }
     let r = &d.resources;
     let opt = |v: Option<String>, none: &str| v.unwrap_or_else(|| none.to_string());
-    // Stored and validated, but nothing acts on them until the CPU scheduler and memory
-    // management exist: say so, rather than let the settings read as in force.
+    // The memory settings are stored and validated, but nothing acts on them until memory
+    // management exists: say so, rather than let them read as in force.
     const NOT_ENFORCED: &str = " (not enforced yet)";
     add(
         "cpu",
         format!(
-            "shares {}, reservation {} MHz, limit {}, affinity {}{NOT_ENFORCED}",
+            "shares {}, reservation {} MHz, limit {}, affinity {}",
             fmt_shares(&r.cpu_shares),
             r.cpu_reservation_mhz,
             opt(r.cpu_limit_mhz.map(|l| format!("{l} MHz")), "none"),
@@ -678,9 +774,10 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// Resource settings are shown with what they do today: nothing yet.
+    /// Resource settings are shown with what they do today: the CPU's are enforced, the
+    /// memory's not yet.
     #[test]
-    fn info_says_resources_are_not_enforced_yet() {
+    fn info_says_memory_resources_are_not_enforced_yet() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("db.toml");
         std::fs::write(
@@ -709,8 +806,7 @@ mod tests {
         };
         assert_eq!(
             line("cpu:"),
-            "cpu:        shares high, reservation 0 MHz, limit 2000 MHz, affinity any host \
-             CPU (not enforced yet)"
+            "cpu:        shares high, reservation 0 MHz, limit 2000 MHz, affinity any host CPU"
         );
         assert_eq!(
             line("mem:"),
@@ -986,5 +1082,43 @@ mod tests {
         assert_eq!(e.filter(b"d"), (vec![], true));
         let mut e = Escape::default();
         assert_eq!(e.filter(b"\x01q\x01\x01"), (vec![CTRL_A], false));
+    }
+}
+
+#[cfg(test)]
+mod set_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_resource_settings() {
+        let mut d: VmDefinition = serde_json::from_value(serde_json::json!(
+            {"name": "w", "cpus": 2, "boot": {"kernel": "/k"}}
+        ))
+        .unwrap();
+        let c = apply_setting(&mut d, "cpu_shares=high").unwrap();
+        assert_eq!(c, "cpu_shares normal -> high");
+        apply_setting(&mut d, "cpu_shares=750").unwrap();
+        assert_eq!(d.resources.cpu_shares, Shares::Custom(750));
+        apply_setting(&mut d, "cpu_limit=1500").unwrap();
+        assert_eq!(d.resources.cpu_limit_mhz, Some(1500));
+        apply_setting(&mut d, "cpu_limit=2.5GHz").unwrap();
+        assert_eq!(d.resources.cpu_limit_mhz, Some(2500));
+        let c = apply_setting(&mut d, "cpu_limit=none").unwrap();
+        assert_eq!(c, "cpu_limit 2500 MHz -> none");
+        apply_setting(&mut d, "cpu_reservation=800MHz").unwrap();
+        assert_eq!(d.resources.cpu_reservation_mhz, 800);
+        apply_setting(&mut d, "cpu_affinity=0-2,5").unwrap();
+        assert_eq!(d.resources.cpu_affinity, Some(vec![0, 1, 2, 5]));
+        apply_setting(&mut d, "cpu_affinity=any").unwrap();
+        assert_eq!(d.resources.cpu_affinity, None);
+        for bad in [
+            "cpu_shares=lots",
+            "cpu_limit=fast",
+            "cpu_affinity=3-1",
+            "cpu_limit=-5",
+        ] {
+            let e = apply_setting(&mut d, bad).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use vmk_api::model::{HostMetrics, VmMetrics, VmState};
+use vmk_api::model::{HostMetrics, VcpuMetrics, VmMetrics, VmState};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -228,7 +228,7 @@ pub fn render(m: &HostMetrics) -> String {
             o,
             "vmk_vm_vcpu_cpu_seconds_total",
             "counter",
-            "Host CPU time used by the vCPU's thread.",
+            "Host CPU time the vCPU ran (esxtop's used).",
         );
         for vm in &m.vms {
             for (i, c) in vm.vcpus.iter().enumerate() {
@@ -237,6 +237,52 @@ pub fn render(m: &HostMetrics) -> String {
                     secs(c.cpu_time_ns),
                 );
             }
+        }
+    }
+    // The scheduler's other states of a vCPU, as esxtop shows them.
+    type Field = fn(&VcpuMetrics) -> u64;
+    let states: [(&str, &str, Field); 4] = [
+        (
+            "vmk_vm_vcpu_ready_seconds_total",
+            "Time the vCPU was ready to run but not running (esxtop %RDY).",
+            |c| c.ready_ns,
+        ),
+        (
+            "vmk_vm_vcpu_costop_seconds_total",
+            "Time the vCPU was held back by co-scheduling (esxtop %CSTP).",
+            |c| c.costop_ns,
+        ),
+        (
+            "vmk_vm_vcpu_wait_seconds_total",
+            "Time the vCPU was idle in the guest (esxtop %WAIT).",
+            |c| c.wait_ns,
+        ),
+        (
+            "vmk_vm_vcpu_limited_seconds_total",
+            "Time the vCPU was ready but held back by the VM's CPU limit (esxtop %MLMTD).",
+            |c| c.limited_ns,
+        ),
+    ];
+    for (name, help, get) in states {
+        let mut f = family(o, name, "counter", help);
+        for vm in &m.vms {
+            for (i, c) in vm.vcpus.iter().enumerate() {
+                f.sample(
+                    vec![("vm", vm.name.clone()), ("vcpu", i.to_string())],
+                    secs(get(c)),
+                );
+            }
+        }
+    }
+    {
+        let mut f = family(
+            o,
+            "vmk_pcpu_used_seconds_total",
+            "counter",
+            "Time the logical CPU ran vCPUs (vmk's scheduler).",
+        );
+        for p in &m.pcpus {
+            f.sample(vec![("cpu", p.cpu.to_string())], secs(p.used_ns));
         }
     }
     {
@@ -483,7 +529,7 @@ pub fn render_network(n: &vmk_api::network::NetworkInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmk_api::model::{DiskMetrics, HostInfo, VcpuMetrics};
+    use vmk_api::model::{CpuInfo, DiskMetrics, HostInfo, PcpuMetrics};
 
     #[test]
     fn uplinks() {
@@ -529,6 +575,7 @@ mod tests {
                 uptime_secs: 5,
                 dir: "/var/lib/vmk".into(),
                 datastores: Vec::new(),
+                cpu: CpuInfo::default(),
             },
             rss: 4096,
             cpu_time_ns: 1_500_000_000,
@@ -539,6 +586,9 @@ mod tests {
                     VcpuMetrics {
                         cpu_time_ns: 2_000_000_000,
                         instret: 7,
+                        ready_ns: 500_000_000,
+                        costop_ns: 250_000_000,
+                        ..Default::default()
                     },
                     VcpuMetrics::default(),
                 ],
@@ -551,6 +601,10 @@ mod tests {
                 }],
                 nics: vec![],
             }],
+            pcpus: vec![PcpuMetrics {
+                cpu: 1,
+                used_ns: 3_000_000_000,
+            }],
         }
     }
 
@@ -561,6 +615,10 @@ mod tests {
         assert!(text.contains("vmk_host_cpu_seconds_total 1.5\n"));
         assert!(text.contains("vmk_vm_vcpu_cpu_seconds_total{vm=\"web\",vcpu=\"0\"} 2\n"));
         assert!(text.contains("vmk_vm_vcpu_instructions_total{vm=\"web\",vcpu=\"0\"} 7\n"));
+        assert!(text.contains("vmk_vm_vcpu_ready_seconds_total{vm=\"web\",vcpu=\"0\"} 0.5\n"));
+        assert!(text.contains("vmk_vm_vcpu_costop_seconds_total{vm=\"web\",vcpu=\"0\"} 0.25\n"));
+        assert!(text.contains("vmk_vm_vcpu_limited_seconds_total{vm=\"web\",vcpu=\"1\"} 0\n"));
+        assert!(text.contains("vmk_pcpu_used_seconds_total{cpu=\"1\"} 3\n"));
         assert!(text.contains("vmk_vm_state{vm=\"web\",state=\"running\"} 1\n"));
         assert!(text.contains("vmk_vm_state{vm=\"web\",state=\"stopped\"} 0\n"));
         assert!(text.contains(
