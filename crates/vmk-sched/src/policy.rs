@@ -752,8 +752,9 @@ impl Policy {
             .unwrap_or_default()
     }
 
-    /// Moves waits whose time has come to ready; refills buckets.
-    fn tick(&mut self, now: Ns) -> Vec<Action> {
+    /// Moves waits whose time has come to ready; refills buckets. (The scheduler's timer
+    /// calls it at [`Policy::next_event`]; every pick calls it too.)
+    pub fn tick(&mut self, now: Ns) -> Vec<Action> {
         for g in self.groups.values_mut() {
             if let Some(b) = &mut g.limit {
                 b.refill(now);

@@ -20,6 +20,8 @@ pub(crate) struct State {
     kickers: HashMap<TaskId, Kicker>,
     /// Finished tasks being dropped (outside the lock); joiners wait for them too.
     finishing: std::collections::HashSet<TaskId>,
+    /// When the timer thread wakes next (`Ns::MAX`: only when told).
+    timer_at: Ns,
     shutdown: bool,
 }
 
@@ -37,6 +39,8 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Signalled when a task finishes (joiners wait on it).
     done: Condvar,
+    /// Wakes the timer thread when an earlier timed event is due than it sleeps for.
+    timer: Condvar,
     workers: Vec<WorkerSlot>,
 }
 
@@ -68,9 +72,11 @@ impl Inner {
                 boxes: HashMap::new(),
                 kickers: HashMap::new(),
                 finishing: Default::default(),
+                timer_at: Ns::MAX,
                 shutdown: false,
             }),
             done: Condvar::new(),
+            timer: Condvar::new(),
             workers: (0..n)
                 .map(|_| WorkerSlot {
                     thread: OnceLock::new(),
@@ -86,6 +92,13 @@ impl Inner {
                 .spawn(move || worker(w, cpu, id, pin))
                 .map_err(|err| SchedError::Spawn { cpu: id, err })?;
             let _ = inner.workers[cpu].thread.set(t.thread().clone());
+        }
+        if n > 0 {
+            let w = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("vmk-sched-timer".into())
+                .spawn(move || timer(w))
+                .map_err(|err| SchedError::Spawn { cpu: u32::MAX, err })?;
         }
         Ok(inner)
     }
@@ -106,8 +119,15 @@ impl Inner {
         self.epoch + Duration::from_nanos(ns)
     }
 
-    /// Carries out the policy's requests (under the state lock: both are cheap).
+    /// Carries out the policy's requests (under the state lock: both are cheap), and tells
+    /// the timer thread if a timed event is now due before it would wake.
     fn apply(&self, st: &mut State, actions: Vec<Action>) {
+        if let Some(next) = st.policy.next_event() {
+            if next < st.timer_at {
+                st.timer_at = next;
+                self.timer.notify_one();
+            }
+        }
         for a in actions {
             match a {
                 Action::Unpark(c) => {
@@ -179,6 +199,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         lock(&self.state).shutdown = true;
+        self.timer.notify_all();
         for w in &self.workers {
             if let Some(t) = w.thread.get() {
                 t.unpark();
@@ -250,15 +271,11 @@ fn worker(w: Weak<Inner>, cpu: usize, id: u32, pin: bool) {
         let (pick, actions) = st.policy.pick(cpu, now);
         inner.apply(&mut st, actions);
         let Some(pick) = pick else {
-            let next = st.policy.idle(cpu);
+            // Idle until a wake-up, the timer thread or a better placement unparks it.
+            st.policy.idle(cpu);
             drop(st);
-            let timeout = next.map(|n| Duration::from_nanos(n.saturating_sub(inner.now())));
             drop(inner);
-            match timeout {
-                Some(t) if t.is_zero() => {}
-                Some(t) => std::thread::park_timeout(t),
-                None => std::thread::park(),
-            }
+            std::thread::park();
             if let Some(inner) = w.upgrade() {
                 inner.lock().policy.busy(cpu);
             }
@@ -303,6 +320,46 @@ fn worker(w: Weak<Inner>, cpu: usize, id: u32, pin: bool) {
             inner.lock().finishing.remove(&pick.task);
             inner.done.notify_all();
         }
+    }
+}
+
+/// The scheduler's timer: at the earliest timed event (a vCPU's timer deadline, a limit's
+/// refill) it makes the task ready, which unparks an idle CPU or preempts a busy one, as a
+/// timer interrupt does in a kernel. So a guest timer fires on time even when every CPU is
+/// busy, not at the next slice end.
+fn timer(w: Weak<Inner>) {
+    loop {
+        let Some(inner) = w.upgrade() else { return };
+        let mut st = inner.lock();
+        loop {
+            if st.shutdown {
+                return;
+            }
+            let now = inner.now();
+            let actions = st.policy.tick(now);
+            let next = st.policy.next_event().unwrap_or(Ns::MAX);
+            st.timer_at = next;
+            inner.apply(&mut st, actions);
+            if next <= now {
+                continue;
+            }
+            let wait = if next == Ns::MAX {
+                // Re-checks that the scheduler still exists now and then.
+                Duration::from_secs(1)
+            } else {
+                Duration::from_nanos(next - now)
+            };
+            st = inner
+                .timer
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            if next == Ns::MAX && st.timer_at == Ns::MAX {
+                break;
+            }
+        }
+        drop(st);
+        drop(inner);
     }
 }
 

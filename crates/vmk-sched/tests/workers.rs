@@ -216,3 +216,61 @@ fn affinity_on_a_made_up_topology_and_changed_while_running() {
     stop.store(1, Ordering::SeqCst);
     g.join();
 }
+
+/// A timed wait ends at its time even when the only CPU is busy with another task: the
+/// timer preempts, it does not wait for the busy task's slice to end (50 ms here).
+#[test]
+fn timers_preempt_a_busy_cpu() {
+    let mut cfg = config(Topology::synthetic(1, 1, 1), Mode::Scheduler);
+    cfg.quantum = Duration::from_millis(50);
+    let s = Scheduler::new(cfg).unwrap();
+    let g = s.add_group(GroupParams::default(), 1).unwrap();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let spins = Arc::new(AtomicU64::new(0));
+    let busy = Busy {
+        stop: stop.clone(),
+        spins: spins.clone(),
+        cpus: Arc::new(Mutex::new(Vec::new())),
+    };
+    let kick_stop = stop.clone();
+    // The busy task ends its slice when kicked (a vCPU: HartHandle::kick).
+    let kicked = Arc::new(AtomicUsize::new(0));
+    let k = kicked.clone();
+    g.spawn(
+        "busy",
+        Box::new(busy),
+        Some(Arc::new(move || {
+            k.fetch_add(1, Ordering::SeqCst);
+        })),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let g2 = s.add_group(GroupParams::default(), 1).unwrap();
+    let woke = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let h = g2
+        .spawn(
+            "timed",
+            Box::new(Sleeper {
+                rounds: 20,
+                woke: woke.clone(),
+                timed: Some(Duration::from_millis(2)),
+            }),
+            None,
+        )
+        .unwrap();
+    h.join();
+    let took = t0.elapsed();
+    kick_stop.store(1, Ordering::SeqCst);
+    g.join();
+    // 20 waits of 2 ms; waiting for slice ends instead would take about 20 x 50 ms.
+    assert!(
+        took < Duration::from_millis(500),
+        "20 timed waits took {took:?}"
+    );
+    assert!(
+        kicked.load(Ordering::SeqCst) >= 10,
+        "the busy task was not preempted"
+    );
+    assert!(spins.load(Ordering::Relaxed) > 0);
+}
