@@ -755,12 +755,30 @@ impl Policy {
     /// Moves waits whose time has come to ready; refills buckets. (The scheduler's timer
     /// calls it at [`Policy::next_event`]; every pick calls it too.)
     pub fn tick(&mut self, now: Ns) -> Vec<Action> {
-        for g in self.groups.values_mut() {
+        let mut unlimited = Vec::new();
+        for (id, g) in self.groups.iter_mut() {
             if let Some(b) = &mut g.limit {
+                let was_limited = b.tokens <= 0;
                 b.refill(now);
+                if was_limited && b.tokens > 0 && g.active > 0 {
+                    unlimited.push(*id);
+                }
             }
             if let Some(b) = &mut g.reservation {
                 b.refill(now);
+            }
+        }
+        let mut actions = Vec::new();
+        // A group whose limit held it back may run again: its ready tasks need a CPU.
+        for id in unlimited {
+            let ready: Vec<TaskId> = self.groups[&id]
+                .tasks
+                .iter()
+                .copied()
+                .filter(|t| self.tasks.get(t).is_some_and(|t| t.state == State::Ready))
+                .collect();
+            for t in ready {
+                actions.extend(self.place(t));
             }
         }
         let due: Vec<TaskId> = self
@@ -769,7 +787,6 @@ impl Policy {
             .filter(|(_, t)| matches!(t.state, State::Wait { until: Some(u) } if u <= now))
             .map(|(id, _)| *id)
             .collect();
-        let mut actions = Vec::new();
         for id in due {
             actions.extend(self.wake(id, now));
         }

@@ -274,3 +274,43 @@ fn timers_preempt_a_busy_cpu() {
     );
     assert!(spins.load(Ordering::Relaxed) > 0);
 }
+
+/// A limited task alone on an idle scheduler gets its share and no more, and comes back
+/// after each refill without anyone waking it (the timer does).
+#[test]
+fn a_limited_task_runs_at_its_limit_on_an_idle_host() {
+    let s = Scheduler::new(config(Topology::synthetic(1, 2, 1), Mode::Scheduler)).unwrap();
+    let g = s
+        .add_group(
+            GroupParams {
+                limit_mhz: Some(250),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let h = g
+        .spawn(
+            "capped",
+            Box::new(Busy {
+                stop: stop.clone(),
+                spins: Arc::new(AtomicU64::new(0)),
+                cpus: Arc::new(Mutex::new(Vec::new())),
+            }),
+            None,
+        )
+        .unwrap();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = h.times();
+    let wall = t0.elapsed().as_nanos() as f64;
+    stop.store(1, Ordering::SeqCst);
+    g.join();
+    // A quarter of a CPU (250 of 1000 MHz), within the first burst's allowance.
+    let f = t.used as f64 / wall;
+    assert!((0.2..0.33).contains(&f), "used {f:.3} of a CPU: {t:?}");
+    // Most of the rest it was held back by the limit (some is ready: the wake-up after a
+    // refill, on a busy test host).
+    assert!(t.limited as f64 > 0.3 * wall, "{t:?}");
+}
