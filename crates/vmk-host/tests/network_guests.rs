@@ -121,17 +121,11 @@ fn image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp.join("host-net-image");
-        let script = tmp.join("host-net-script.sh");
-        std::fs::write(&script, SCRIPT).expect("write the init script");
-        let mut opts = vmk_image::ImageOptions::new(&dir);
-        opts.init_script = Some(script);
-        opts.packages = vec!["iperf3".into()];
-        opts.extra_modules = vec!["8021q".into(), "macvlan".into()];
-        opts.apt_output = vmk_image::AptOutput::Quiet;
-        vmk_image::build_image(&opts, &mut |_| {})
-            .expect("build the guest image (needs deb.debian.org or a warm cache)");
-        dir
+        let image = vmk_testkit::image::build(tmp, "host-net", Some(SCRIPT), |opts| {
+            opts.packages = vec!["iperf3".into()];
+            opts.extra_modules = vec!["8021q".into(), "macvlan".into()];
+        });
+        image.dir
     })
 }
 
