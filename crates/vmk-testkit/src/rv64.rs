@@ -626,7 +626,7 @@ fn cfull(r: u32) -> u16 {
     reg(r) as u16
 }
 
-/// CL/CS format with a doubleword offset: uimm[5:3] at 12:10, uimm[7:6] at 6:5.
+/// CL/CS format with a doubleword offset: `uimm[5:3]` at 12:10, `uimm[7:6]` at 6:5.
 fn cl_d(f3: u16, r1: u32, r2: u32, off: i64) -> u16 {
     let u = uimm(off, 8, 8);
     (f3 << 13)
@@ -636,7 +636,7 @@ fn cl_d(f3: u16, r1: u32, r2: u32, off: i64) -> u16 {
         | (creg(r2) << 2)
 }
 
-/// CL/CS format with a word offset: uimm[5:3] at 12:10, uimm[2] at 6, uimm[6] at 5.
+/// CL/CS format with a word offset: `uimm[5:3]` at 12:10, `uimm[2]` at 6, `uimm[6]` at 5.
 fn cl_w(f3: u16, r1: u32, r2: u32, off: i64) -> u16 {
     let u = uimm(off, 7, 4);
     (f3 << 13)
@@ -684,7 +684,7 @@ pub fn c_sd(rs2: u32, rs1: u32, off: i64) -> u16 {
     cl_d(7, rs1, rs2, off)
 }
 
-/// CI format with a signed 6-bit immediate: imm[5] at 12, imm[4:0] at 6:2.
+/// CI format with a signed 6-bit immediate: `imm[5]` at 12, `imm[4:0]` at 6:2.
 fn ci(f3: u16, op: u16, rd: u32, imm: i64) -> u16 {
     let v = simm(imm, 6, 1);
     (f3 << 13) | ((bit(v, 5) as u16) << 12) | (cfull(rd) << 7) | ((bits(v, 4, 0) as u16) << 2) | op
@@ -702,7 +702,7 @@ pub fn c_addiw(rd: u32, imm: i64) -> u16 {
 pub fn c_li(rd: u32, imm: i64) -> u16 {
     ci(2, 1, rd, imm)
 }
-/// `c.addi16sp sp, nzimm`: nzimm[9] at 12, nzimm[4|6|8:7|5] at 6:2.
+/// `c.addi16sp sp, nzimm`: `nzimm[9]` at 12, `nzimm[4|6|8:7|5]` at 6:2.
 pub fn c_addi16sp(imm: i64) -> u16 {
     let v = simm(imm, 10, 16);
     (3 << 13)
@@ -714,7 +714,7 @@ pub fn c_addi16sp(imm: i64) -> u16 {
         | ((bit(v, 5) as u16) << 2)
         | 1
 }
-/// `c.lui rd, imm6`: `imm6` is the assembler operand, the 6-bit field nzimm[17:12] as a
+/// `c.lui rd, imm6`: `imm6` is the assembler operand, the 6-bit field `nzimm[17:12]` as a
 /// signed value (-32..31, not 0); rd gets sext(imm6 << 12).
 pub fn c_lui(rd: u32, imm6: i64) -> u16 {
     let v = simm(imm6, 6, 1);
@@ -765,7 +765,7 @@ pub fn c_subw(rd: u32, rs2: u32) -> u16 {
 pub fn c_addw(rd: u32, rs2: u32) -> u16 {
     ca(1, 1, rd, rs2)
 }
-/// `c.j off`: offset[11|4|9:8|10|6|7|3:1|5] at 12:2.
+/// `c.j off`: `offset[11|4|9:8|10|6|7|3:1|5]` at 12:2.
 pub fn c_j(off: i64) -> u16 {
     let v = simm(off, 12, 2);
     (5 << 13)
@@ -779,7 +779,7 @@ pub fn c_j(off: i64) -> u16 {
         | ((bit(v, 5) as u16) << 2)
         | 1
 }
-/// CB branch: offset[8|4:3] at 12:10, offset[7:6|2:1|5] at 6:2.
+/// CB branch: `offset[8|4:3]` at 12:10, `offset[7:6|2:1|5]` at 6:2.
 fn cb(f3: u16, rs1: u32, off: i64) -> u16 {
     let v = simm(off, 9, 2);
     (f3 << 13)
@@ -801,7 +801,7 @@ pub fn c_slli(rd: u32, sh: u32) -> u16 {
     assert!(sh < 64);
     ((bit(sh, 5) as u16) << 12) | (cfull(rd) << 7) | ((bits(sh, 4, 0) as u16) << 2) | 2
 }
-/// CI stack-pointer load with a doubleword offset: uimm[5] at 12, uimm[4:3|8:6] at 6:2.
+/// CI stack-pointer load with a doubleword offset: `uimm[5]` at 12, `uimm[4:3|8:6]` at 6:2.
 fn ci_sp_d(f3: u16, rd: u32, off: i64) -> u16 {
     let u = uimm(off, 9, 8);
     (f3 << 13)
@@ -815,7 +815,7 @@ fn ci_sp_d(f3: u16, rd: u32, off: i64) -> u16 {
 pub fn c_fldsp(rd: u32, off: i64) -> u16 {
     ci_sp_d(1, rd, off)
 }
-/// `c.lwsp rd, off(sp)`: uimm[5] at 12, uimm[4:2|7:6] at 6:2.
+/// `c.lwsp rd, off(sp)`: `uimm[5]` at 12, `uimm[4:2|7:6]` at 6:2.
 pub fn c_lwsp(rd: u32, off: i64) -> u16 {
     let u = uimm(off, 8, 4);
     (2 << 13)
@@ -847,7 +847,7 @@ pub fn c_jalr(rs1: u32) -> u16 {
 pub fn c_add(rd: u32, rs2: u32) -> u16 {
     cr(1, rd, rs2)
 }
-/// CSS store with a doubleword offset: uimm[5:3|8:6] at 12:7.
+/// CSS store with a doubleword offset: `uimm[5:3|8:6]` at 12:7.
 fn css_d(f3: u16, rs2: u32, off: i64) -> u16 {
     let u = uimm(off, 9, 8);
     (f3 << 13)
@@ -860,7 +860,7 @@ fn css_d(f3: u16, rs2: u32, off: i64) -> u16 {
 pub fn c_fsdsp(rs2: u32, off: i64) -> u16 {
     css_d(5, rs2, off)
 }
-/// `c.swsp rs2, off(sp)`: uimm[5:2|7:6] at 12:7.
+/// `c.swsp rs2, off(sp)`: `uimm[5:2|7:6]` at 12:7.
 pub fn c_swsp(rs2: u32, off: i64) -> u16 {
     let u = uimm(off, 8, 4);
     (6 << 13)
