@@ -234,8 +234,9 @@ pub struct VmDefinition {
     #[serde(default)]
     pub resources: Resources,
     /// Test-only fault hook: the VM's UART model panics when the guest's console output
-    /// contains this text (a device-model bug on demand). Debug builds only: a release
-    /// build refuses to start a VM that sets it.
+    /// contains this text (a device-model bug on demand). Only hosts built with the cargo
+    /// feature `test-hooks` (the tests') accept it; the product refuses it at create. Not
+    /// in docs/api/openapi.json: it is no part of the API clients use.
     #[serde(
         default,
         deserialize_with = "crate::model::no_null",

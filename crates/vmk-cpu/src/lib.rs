@@ -765,9 +765,9 @@ impl Hart {
                 Err(e) => {
                     static WARNED: std::sync::Once = std::sync::Once::new();
                     WARNED.call_once(|| {
-                        eprintln!(
-                            "vmk-cpu: no executable memory for the JIT ({e}); vCPUs interpret \
-                             all guest code, several times slower"
+                        tracing::warn!(
+                            "no executable memory for the JIT ({e}); vCPUs interpret all \
+                             guest code, several times slower"
                         )
                     });
                     self.cache.jit_enabled = false;

@@ -113,7 +113,7 @@ pub async fn termination_signal() {
             }
         }
         Err(e) => {
-            eprintln!("vmk: warning: cannot listen for SIGTERM ({e}); only SIGINT stops the host");
+            tracing::warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the host");
             let _ = tokio::signal::ctrl_c().await;
         }
     }

@@ -232,9 +232,9 @@ impl ConsoleHub {
             Ok(()) => inner.log_failed = false,
             Err(e) => {
                 if !inner.log_failed {
-                    eprintln!(
-                        "vmk-host: cannot write console log {}: {e} (output is still kept in \
-                         memory and sent to attached consoles)",
+                    tracing::warn!(
+                        "cannot write console log {}: {e} (output is still kept in memory and \
+                         sent to attached consoles)",
                         inner.log_path.display()
                     );
                 }
@@ -303,7 +303,7 @@ impl ConsoleHub {
                             let _ = tx.send(ev);
                         });
                     if let Err(e) = spawned {
-                        eprintln!("vmk-host: cannot deliver a console's end event: {e}");
+                        tracing::warn!("cannot deliver a console's end event: {e}");
                     }
                 }
             }
@@ -407,7 +407,7 @@ impl Pump {
         match t.join() {
             Ok(w) => w.status(),
             Err(_) => {
-                eprintln!("vmk-host: a console pump thread panicked");
+                tracing::error!("a console pump thread panicked");
                 None
             }
         }

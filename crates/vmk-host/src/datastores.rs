@@ -40,16 +40,17 @@ impl Datastores {
                 mount(cfg)
             };
             match &mounted {
-                Ok(s) => eprintln!(
-                    "vmk-host: datastore '{}' ({}) mounted as host {}",
-                    cfg.name,
+                Ok(s) => tracing::info!(
+                    datastore = %cfg.name,
+                    "{} mounted as host {}",
                     cfg.device,
                     s.datastore().host_id().unwrap_or(0)
                 ),
-                Err(e) => eprintln!(
-                    "vmk-host: datastore '{}' ({}) is not mounted: {e} (VMs with disks on it \
-                     cannot start; fix it and restart the host)",
-                    cfg.name, cfg.device
+                Err(e) => tracing::error!(
+                    datastore = %cfg.name,
+                    "{} is not mounted: {e} (VMs with disks on it cannot start; fix it and \
+                     restart the host)",
+                    cfg.device
                 ),
             }
             list.push(Entry {

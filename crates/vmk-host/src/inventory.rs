@@ -119,8 +119,8 @@ fn read_state(dir: &Path) -> PersistedState {
     let path = dir.join(STATE_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text).unwrap_or_else(|e| {
-            eprintln!(
-                "vmk-host: ignoring {}: {} (the VM's run history starts afresh)",
+            tracing::warn!(
+                "ignoring {}: {} (the VM's run history starts afresh)",
                 path.display(),
                 e.to_string().trim_end()
             );
@@ -128,7 +128,7 @@ fn read_state(dir: &Path) -> PersistedState {
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => PersistedState::default(),
         Err(e) => {
-            eprintln!("vmk-host: cannot read {}: {e}", path.display());
+            tracing::warn!("cannot read {}: {e}", path.display());
             PersistedState::default()
         }
     }

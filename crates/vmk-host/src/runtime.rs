@@ -163,9 +163,9 @@ impl VmEntry {
             return;
         }
         if let Err(e) = inventory::save_state(&self.dir, &st.saved) {
-            eprintln!(
-                "vmk-host: VM '{}': cannot save {}: {e} (the state is kept in memory)",
-                self.name,
+            tracing::warn!(
+                vm = %self.name,
+                "cannot save {}: {e} (the state is kept in memory)",
                 self.dir.join(inventory::STATE_FILE).display()
             );
         }
@@ -287,8 +287,8 @@ impl Host {
             ))
         })?;
         for e in &errors {
-            eprintln!(
-                "vmk-host: skipping {}: {} (fix or remove it; the other VMs are loaded)",
+            tracing::warn!(
+                "skipping the VM definition {}: {} (fix or remove it; the other VMs are loaded)",
                 e.path.display(),
                 e.message
             );
@@ -301,7 +301,7 @@ impl Host {
             network::host_uplink_opener(),
         )?;
         for p in &problems {
-            eprintln!("vmk-host: network: {p}");
+            tracing::warn!("network: {p}");
         }
         let mut vms = BTreeMap::new();
         for l in loaded {
@@ -330,7 +330,7 @@ impl Host {
             .collect();
         for name in autostart {
             if let Err(e) = host.start(&name) {
-                eprintln!("vmk-host: autostart of VM '{name}' failed: {e}");
+                tracing::error!(vm = %name, "autostart failed: {e}");
             }
         }
         Ok(host)
@@ -364,16 +364,17 @@ impl Host {
                 // E.g. a stop with a longer timeout was already under way: the host is going
                 // away, so power the VM off (its disks are closed, its state recorded).
                 drop(st);
-                eprintln!(
-                    "vmk-host: VM '{}' did not end within {:?} of the shutdown; powering it off",
-                    e.name,
+                tracing::warn!(
+                    vm = %e.name,
+                    "did not end within {:?} of the shutdown; powering it off",
                     timeout + SHUTDOWN_GRACE
                 );
                 if let Ok(info) = self.poweroff_entry(e) {
                     if info.state != VmState::Stopped && info.state != VmState::Crashed {
-                        eprintln!(
-                            "vmk-host: VM '{}' is still {:?} after its power-off; leaving it",
-                            e.name, info.state
+                        tracing::error!(
+                            vm = %e.name,
+                            "still {:?} after its power-off; leaving it",
+                            info.state
                         );
                     }
                 }
@@ -568,9 +569,9 @@ impl Host {
             .spawn(move || graceful_stop(&entry, session, timeout));
         if let Err(err) = spawned {
             // No thread for the sequence: power off now rather than leave it `stopping`.
-            eprintln!(
-                "vmk-host: VM '{}': cannot start the stop sequence ({err}); powering off",
-                e.name
+            tracing::error!(
+                vm = %e.name,
+                "cannot start the stop sequence ({err}); powering off"
             );
             let mut st = lock(&e.st);
             st.intent = Intent::PowerOff;
@@ -789,9 +790,9 @@ impl Host {
         drop(st);
         lock(&self.vms).remove(&e.name);
         if let Err(err) = std::fs::remove_dir_all(&trash) {
-            eprintln!(
-                "vmk-host: VM '{}' is deleted, but removing {} failed: {err} (remove it by hand)",
-                e.name,
+            tracing::warn!(
+                vm = %e.name,
+                "deleted, but removing {} failed: {err} (remove it by hand)",
                 trash.display()
             );
         }
@@ -985,8 +986,9 @@ fn finish_session(e: &VmEntry, exit: ExitInfo, stats: Option<VmStats>) {
     e.persist(&st);
     e.changed.notify_all();
     drop(st);
-    if let ExitInfo::Crashed { reason } = &exit {
-        eprintln!("vmk-host: VM '{}' crashed: {reason}", e.name);
+    match &exit {
+        ExitInfo::Crashed { reason } => tracing::error!(vm = %e.name, "crashed: {reason}"),
+        other => tracing::info!(vm = %e.name, "ended: {other:?}"),
     }
     // After the state change, so a console that sees Ended and asks finds it stopped.
     e.console.ended(&exit);
@@ -1056,6 +1058,7 @@ fn runner(
             }
             st.saved.boots += 1;
             st.saved.started_at = Some(sysinfo::unix_now());
+            tracing::info!(vm = %e.name, boot = st.saved.boots, "running");
             match st.intent {
                 // A poweroff that came between the runs of a reboot.
                 Intent::PowerOff => ctl.ctl.stop(),
@@ -1154,9 +1157,10 @@ fn graceful_stop(e: &VmEntry, session: u64, timeout: Duration) {
     if ended(&st) {
         return;
     }
-    eprintln!(
-        "vmk-host: VM '{}' did not stop within {:?} of the power button; powering it off",
-        e.name, timeout
+    tracing::warn!(
+        vm = %e.name,
+        "did not stop within {:?} of the power button; powering it off",
+        timeout
     );
     st.intent = Intent::PowerOff;
     if let Some(m) = &st.machine {

@@ -220,11 +220,6 @@ fn a_crash_marks_only_that_vm_crashed() {
     h.create(d).unwrap();
     h.create(def("good", &good)).unwrap();
     h.start("good").unwrap();
-    if !cfg!(debug_assertions) {
-        // Release builds refuse the hook when the machine is built.
-        assert!(matches!(h.start("bad"), Err(HostError::Invalid(_))));
-        return;
-    }
     h.start("bad").unwrap();
     let i = wait_state(&h, "bad", VmState::Crashed);
     match &i.last_exit {

@@ -17,10 +17,10 @@ pub const APPEND_MAX: usize = 1024;
 pub const SHARES_MAX: u32 = 1_000_000;
 /// Longest `test_fault_on_console` text.
 const FAULT_TEXT_MAX: usize = 256;
-/// Whether this build can run `test_fault_on_console`: vmk-machine honours the hook in debug
-/// builds only (`Vm::new` refuses it otherwise), so a release host refuses it at create
-/// instead of storing a VM that can never start.
-pub const TEST_HOOKS: bool = cfg!(debug_assertions);
+/// Whether this build can run `test_fault_on_console`: vmk-machine has the hook only with
+/// the cargo feature `test-hooks` (`Vm::new` refuses it otherwise), so a host without it
+/// refuses the field at create instead of storing a VM that can never start.
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 
 /// What the host has, for the checks that depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,8 +354,8 @@ pub fn validate_definition(def: &VmDefinition, host: &HostLimits) -> Result<(), 
     if let Some(t) = &def.test_fault_on_console {
         if !host.test_hooks {
             return invalid(format!(
-                "VM '{name}': test_fault_on_console is a test hook of debug builds; this \
-                 release build cannot run it (remove the field)"
+                "VM '{name}': test_fault_on_console is a test hook; this build of vmk was \
+                 made without the test-hooks feature and cannot run it (remove the field)"
             ));
         }
         if t.is_empty() || t.len() > FAULT_TEXT_MAX {
@@ -673,7 +673,7 @@ mod tests {
         let d = with(&|d| d.test_fault_on_console = Some("BOOM".into()));
         assert!(validate_definition(&d, &HOST).is_ok());
         assert!(
-            matches!(validate_definition(&d, &release), Err(HostError::Invalid(m)) if m.contains("test_fault_on_console is a test hook of debug builds"))
+            matches!(validate_definition(&d, &release), Err(HostError::Invalid(m)) if m.contains("test_fault_on_console is a test hook; this build"))
         );
     }
 }

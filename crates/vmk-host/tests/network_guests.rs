@@ -25,7 +25,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +36,7 @@ use vmk_api::model::*;
 use vmk_api::network::*;
 use vmk_host::host_api::HostApi;
 use vmk_host::runtime::Host;
+use vmk_testkit::netns::{self, ip, link_up, Netns};
 
 const SCRIPT: &str = r#"
 arg() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" /proc/cmdline; }
@@ -112,120 +112,21 @@ say "done"
 sleep 600
 "#;
 
+/// Root, /dev/net/tun and `needs`; without them the tests say SKIPPED (and fail in CI).
 fn can_run(needs: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let missing: Vec<&&str> = needs
-        .iter()
-        .filter(|t| {
-            !Command::new(t)
-                .arg(if **t == "ip" { "-V" } else { "--version" })
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if !root || !missing.is_empty() || !Path::new("/dev/net/tun").exists() {
-        // CI installs what these tests need (scripts/deps): there a skip is a failure.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the network guest tests need root, /dev/net/tun and {needs:?} (missing: \
-             {missing:?}); scripts/deps installs them"
-        );
-        eprintln!(
-            "SKIPPED: the network guest tests need root, /dev/net/tun and {needs:?} on the \
-             host (missing: {missing:?})"
-        );
-        return false;
-    }
-    true
+    netns::can_run("the network guest tests", needs)
 }
 
 fn image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp.join("host-net-image");
-        let script = tmp.join("host-net-script.sh");
-        std::fs::write(&script, SCRIPT).expect("write the init script");
-        let mut opts = vmk_image::ImageOptions::new(&dir);
-        opts.init_script = Some(script);
-        opts.packages = vec!["iperf3".into()];
-        opts.extra_modules = vec!["8021q".into(), "macvlan".into()];
-        opts.apt_output = vmk_image::AptOutput::Quiet;
-        vmk_image::build_image(&opts, &mut |_| {})
-            .expect("build the guest image (needs deb.debian.org or a warm cache)");
-        dir
+        let image = vmk_testkit::image::build(tmp, "host-net", Some(SCRIPT), |opts| {
+            opts.packages = vec!["iperf3".into()];
+            opts.extra_modules = vec!["8021q".into(), "macvlan".into()];
+        });
+        image.dir
     })
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let o = Command::new(cmd)
-        .args(args)
-        .output()
-        .expect("run a command");
-    assert!(
-        o.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A network namespace (and root-namespace links) removed on drop.
-struct Netns {
-    name: String,
-    links: Vec<String>,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("vmk-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run("ip", &["netns", "add", &name]);
-        for k in ["all", "default"] {
-            let _ = Command::new("ip")
-                .args(["netns", "exec", &name, "sysctl", "-qw"])
-                .arg(format!("net.ipv6.conf.{k}.disable_ipv6=1"))
-                .output();
-        }
-        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns {
-            name,
-            links: Vec::new(),
-        }
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut a = vec!["-n", &self.name];
-        a.extend_from_slice(args);
-        run("ip", &a);
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open the netns");
-            // SAFETY: setns on this thread with a namespace fd we hold open.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for l in &self.links {
-            let _ = Command::new("ip").args(["link", "del", l]).output();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 /// The barrier server: each connection sends a step name; the step goes to the test,
@@ -474,7 +375,7 @@ fn uplink_security_and_vlans() {
     net.add_portgroup(portgroup("trunk", "sw0", 4095)).unwrap();
 
     let ns = Netns::new("nh");
-    run("ip", &["link", "set", &tap, "netns", &ns.name]);
+    ns.move_in(&tap);
     ns.ip(&["addr", "add", &format!("{}/24", addr(1)), "dev", &tap]);
     ns.ip(&["link", "set", &tap, "up"]);
     let capture = Capture::start(&ns, &tap);
@@ -646,14 +547,6 @@ fn uplink_security_and_vlans() {
     h.shutdown(Duration::from_secs(5));
 }
 
-/// Sets a root-namespace link up or down.
-fn link_up(ifname: &str, up: bool) {
-    run(
-        "ip",
-        &["link", "set", ifname, if up { "up" } else { "down" }],
-    );
-}
-
 #[test]
 fn shaping_and_teaming() {
     if !can_run(&["ip", "iperf3"]) {
@@ -719,27 +612,22 @@ fn shaping_and_teaming() {
     net.add_portgroup(portgroup("team", "sw1", 0)).unwrap();
 
     let mut ns = Netns::new("nt");
-    run("ip", &["link", "set", &tap, "netns", &ns.name]);
+    ns.move_in(&tap);
     ns.ip(&["addr", "add", &format!("10.{sub}.0.1/24"), "dev", &tap]);
     ns.ip(&["link", "set", &tap, "up"]);
-    run("ip", &["link", "add", &br, "type", "bridge"]);
-    ns.links.push(br.clone());
-    run(
-        "ip",
-        &["link", "add", &veth, "type", "veth", "peer", "name", &vpeer],
-    );
-    ns.links.push(veth.clone());
-    run("ip", &["link", "set", &vpeer, "netns", &ns.name]);
+    ip(&["link", "add", &br, "type", "bridge"]);
+    ns.remove_on_drop(&br);
+    ns.veth(&veth, &vpeer);
     ns.ip(&["addr", "add", &format!("10.{sub}.1.1/24"), "dev", &vpeer]);
     ns.ip(&["link", "set", &vpeer, "up"]);
     for l in [&t1, &t2, &veth] {
-        run("ip", &["link", "set", l, "master", &br]);
+        ip(&["link", "set", l, "master", &br]);
         link_up(l, true);
     }
     link_up(&br, true);
     let barrier = Barrier::start(&ns, &format!("10.{sub}.0.1"));
     let mut iperf = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "iperf3", "-s", "-1", "-B"])
+        .args(["netns", "exec", ns.name(), "iperf3", "-s", "-1", "-B"])
         .arg(format!("10.{sub}.0.1"))
         .stdout(std::process::Stdio::null())
         .spawn()

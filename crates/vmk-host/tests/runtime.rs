@@ -4,7 +4,7 @@
 //! exit statuses, a crash that stays in its VM and the inventory across host restarts are
 //! tested end to end through the daemon and the CLI in `crates/vmk/tests/host.rs`.)
 //!
-//! The image is built once per run with `vmk_image::build_image` (package cache in
+//! The image is built once per run with `vmk_testkit::image::build` (package cache in
 //! `$VMK_CACHE` or ~/.cache/vmk; needs Debian's mirror or a warm cache). Its init script
 //! reads what to do from the kernel command line (`vmk.test=`, `vmk.status=`), so one image
 //! serves every VM. Each VM has 256 MiB and one vCPU; a boot takes ~10 s here.
@@ -50,15 +50,7 @@ fn image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let dir = tmp.join("host-runtime-image");
-        let script = tmp.join("host-runtime-script.sh");
-        std::fs::write(&script, SCRIPT).expect("write the init script");
-        let mut opts = vmk_image::ImageOptions::new(&dir);
-        opts.init_script = Some(script);
-        opts.apt_output = vmk_image::AptOutput::Quiet;
-        vmk_image::build_image(&opts, &mut |_| {})
-            .expect("build the guest image (needs deb.debian.org or a warm cache)");
-        dir
+        vmk_testkit::image::build(tmp, "host-runtime", Some(SCRIPT), |_| {}).dir
     })
 }
 
@@ -66,12 +58,8 @@ fn image() -> &'static Path {
 fn shell_image() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("host-runtime-shell-image");
-        let mut opts = vmk_image::ImageOptions::new(&dir);
-        opts.apt_output = vmk_image::AptOutput::Quiet;
-        vmk_image::build_image(&opts, &mut |_| {})
-            .expect("build the guest image (needs deb.debian.org or a warm cache)");
-        dir
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        vmk_testkit::image::build(tmp, "host-runtime-shell", None, |_| {}).dir
     })
 }
 

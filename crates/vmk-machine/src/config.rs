@@ -25,8 +25,8 @@ pub enum VmError {
     #[error("devices: {0}")]
     Devices(String),
     #[error(
-        "fault_on_console is a test hook of debug builds; this release build refuses it \
-         (remove it from the VM's configuration)"
+        "fault_on_console is a test hook; this build was made without the test-hooks \
+         feature and refuses it (remove it from the VM's configuration)"
     )]
     FaultInjectionUnavailable,
 }
@@ -110,8 +110,9 @@ pub struct VmConfig {
     /// NICs, attached as virtio-net devices in this order after the disks (the guest's
     /// eth0, eth1, ...).
     pub nics: Vec<NicSpec>,
-    /// Test-only fault hook (debug builds): the UART model panics when the guest's console
-    /// output contains this text, to show that a device-model bug ends only its own VM.
-    /// Release builds refuse it ([`VmError::FaultInjectionUnavailable`]).
+    /// Test-only fault hook (cargo feature `test-hooks`): the UART model panics when the
+    /// guest's console output contains this text, to show that a device-model bug ends only
+    /// its own VM. Builds without the feature refuse it
+    /// ([`VmError::FaultInjectionUnavailable`]).
     pub fault_on_console: Option<String>,
 }

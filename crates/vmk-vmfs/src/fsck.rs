@@ -131,7 +131,7 @@ impl Ctx {
     }
     fn progress(&self, s: &str) {
         if self.verbose {
-            eprintln!("fsck: {s}");
+            tracing::info!("fsck: {s}");
         }
     }
 }

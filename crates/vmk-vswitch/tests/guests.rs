@@ -77,14 +77,7 @@ fn image() -> (PathBuf, PathBuf) {
     IMAGE
         .get_or_init(|| {
             let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-            let dir = tmp.join("net-guest-image");
-            let script = tmp.join("net-guest-script.sh");
-            std::fs::write(&script, SCRIPT).unwrap();
-            let mut opts = vmk_image::ImageOptions::new(&dir);
-            opts.init_script = Some(script);
-            opts.apt_output = vmk_image::AptOutput::Quiet;
-            let info = vmk_image::build_image(&opts, &mut |_| {})
-                .expect("building the guest image (needs Debian's mirror or a warm ~/.cache/vmk)");
+            let info = vmk_testkit::image::build(tmp, "net-guest", Some(SCRIPT), |_| {}).info;
             (info.kernel_path, info.initrd_path)
         })
         .clone()

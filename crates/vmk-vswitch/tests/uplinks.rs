@@ -6,100 +6,18 @@
 //!
 //! Needs root (CAP_NET_ADMIN) and `ip`; without them the tests say so and pass.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vmk_testkit::netns::{self, ip, Netns};
 use vmk_vswitch::frame::{build, tag, EthHeader};
 use vmk_vswitch::*;
 
 const ETHERTYPE_TEST: u16 = 0x88b5;
 
+/// Root, /dev/net/tun and iproute2; without them the tests say SKIPPED (and fail in CI).
 fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ok = root && ip && std::path::Path::new("/dev/net/tun").exists();
-    // CI runs as root with iproute2 installed (scripts/deps): there a skip is a failure.
-    assert!(
-        ok || std::env::var_os("CI").is_none(),
-        "uplink tests need root, /dev/net/tun and iproute2 (`ip`); scripts/deps installs iproute2"
-    );
-    if !ok {
-        eprintln!("SKIPPED: uplink tests need root and iproute2 (`ip`) to create a network namespace, TAP and veth devices");
-    }
-    ok
-}
-
-fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        o.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A network namespace (and interfaces in the root namespace) removed on drop.
-struct Netns {
-    name: String,
-    links: Vec<String>,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("vmk-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        // No IPv6 chatter (router solicitations, MLD) on the test's interfaces.
-        for k in ["all", "default"] {
-            let _ = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &name,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv6.conf.{k}.disable_ipv6=1"),
-                ])
-                .output();
-        }
-        Netns {
-            name,
-            links: Vec::new(),
-        }
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            use std::os::fd::AsRawFd;
-            // SAFETY: setns on this thread with a namespace fd we hold open.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for l in &self.links {
-            let _ = Command::new("ip").args(["link", "del", l]).output();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
+    netns::can_run("uplink tests", &["ip"])
 }
 
 fn mac(n: u8) -> MacAddr {
@@ -117,7 +35,7 @@ fn test_frame(dst: MacAddr, src: MacAddr, marker: u8) -> Vec<u8> {
 /// In the namespace: waits up to 10 s for a test frame with `marker` on `ifname`.
 fn capture(ns: &Netns, ifname: &str, marker: u8) -> std::thread::JoinHandle<Option<Vec<u8>>> {
     let ifname = ifname.to_string();
-    ns.run(move || {
+    ns.spawn(move || {
         let sock = PacketUplink::open(&ifname).expect("raw socket in the namespace");
         let mut buf = vec![0u8; 65536];
         let start = Instant::now();
@@ -164,7 +82,7 @@ fn inject_until_received(ns: &Netns, ifname: &str, frame: Vec<u8>, port: &VnicPo
     let ifname = ifname.to_string();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
-    let t = ns.run(move || {
+    let t = ns.spawn(move || {
         let sock = PacketUplink::open(&ifname).expect("raw socket in the namespace");
         let start = Instant::now();
         while !s.load(std::sync::atomic::Ordering::SeqCst)
@@ -201,10 +119,10 @@ fn tap_uplink_in_a_network_namespace() {
     let a = sw.add_vnic("vm", "a", mac(1)).unwrap();
     sw.add_uplink(Arc::new(TapUplink::create(&tap).unwrap()))
         .unwrap();
-    ns.links.push(tap.clone());
+    ns.remove_on_drop(&tap);
     // The admin's part: move it into the namespace and bring it up.
-    ip(&["link", "set", &tap, "netns", &ns.name]);
-    ip(&["-n", &ns.name, "link", "set", &tap, "up"]);
+    ns.move_in(&tap);
+    ns.ip(&["link", "set", &tap, "up"]);
     wait("the TAP uplink in use", || sw.uplinks()[0].in_use);
     // vNIC → TAP.
     let out = test_frame(ext(1), mac(1), 0xa1);
@@ -226,13 +144,9 @@ fn packet_uplink_on_a_veth_pair() {
     let mut ns = Netns::new("pkt");
     let id = std::process::id() % 100_000;
     let (near, far) = (format!("vka{id}"), format!("vkb{id}"));
-    let _ = Command::new("ip").args(["link", "del", &near]).output();
-    ip(&["link", "add", &near, "type", "veth", "peer", "name", &far]);
-    ns.links.push(near.clone());
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{near}/disable_ipv6"), "1");
-    ip(&["link", "set", &far, "netns", &ns.name]);
+    ns.veth(&near, &far);
     ip(&["link", "set", &near, "up"]);
-    ip(&["-n", &ns.name, "link", "set", &far, "up"]);
+    ns.ip(&["link", "set", &far, "up"]);
     let sw = VSwitch::new("vs-pkt", SwitchConfig::default()).unwrap();
     sw.add_portgroup(
         "v10",
@@ -256,9 +170,9 @@ fn packet_uplink_on_a_veth_pair() {
     let inb = test_frame(mac(2), ext(2), 0xb2);
     assert_eq!(inject_until_received(&ns, &far, tag(&inb, 10), &a), inb);
     // Taking the far end down takes our link down: teaming sees it.
-    ip(&["-n", &ns.name, "link", "set", &far, "down"]);
+    ns.ip(&["link", "set", &far, "down"]);
     wait("link down", || !sw.uplinks()[0].link_up);
     assert!(!sw.uplinks()[0].in_use);
-    ip(&["-n", &ns.name, "link", "set", &far, "up"]);
+    ns.ip(&["link", "set", &far, "up"]);
     wait("link up again", || sw.uplinks()[0].in_use);
 }

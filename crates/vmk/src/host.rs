@@ -23,6 +23,10 @@ pub enum HostCommand {
     /// Its configuration is the global --config FILE (or VMK_CONFIG): TOML with dir,
     /// socket, [tcp] listen and token_file, [[datastore]]. Without it: inventory in
     /// /var/lib/vmk, API on /run/vmk/vmk.sock, no TCP.
+    ///
+    /// The log (VM lifecycle, warnings, errors) goes to stderr, one line per event with
+    /// time, level and module. VMK_LOG filters it: default info; VMK_LOG=warn for less,
+    /// VMK_LOG=debug or VMK_LOG=info,vmk_host=debug for more.
     Start,
     /// Show the running host: CPUs, memory, VMs, uptime.
     Info {

@@ -15,6 +15,7 @@ mod error;
 mod fmt;
 mod host;
 mod image;
+mod log;
 mod net;
 mod run;
 mod term;
@@ -108,6 +109,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    log::init(matches!(
+        cli.command,
+        Command::Host(host::HostCommand::Start)
+    ));
     let result = match cli.command {
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Run(args) => run::run(args),

@@ -16,41 +16,27 @@
 //!
 //! Running it: `cargo +nightly fuzz run virtio_input_queue` in `crates/vmk-devices`.
 
-use std::sync::Arc;
-
-use vmk_memory::{GuestMemory, RamRange};
-
-use super::fuzzing::{allowed_regions, in_regions, read_le, QState};
+use super::harness::{queue_base, read_le, Checked, Coverage, FuzzBench, Regs, RAM_BASE};
 use super::input::*;
 use super::{status, VirtioMmio};
 use crate::fuzzing::Reader;
-use crate::{IrqLine, LevelIrq, MmioDevice};
+use crate::MmioDevice;
 
-const RAM_BASE: u64 = 0x8000_0000;
 const RAM_SIZE: u64 = 0x1_0000;
 const DATA: u64 = RAM_BASE + 0x8000;
-
-fn queue_base(i: usize) -> (u64, u64, u64) {
-    let b = RAM_BASE + 0x3000 * i as u64;
-    (b, b + 0x1000, b + 0x2000)
-}
 
 /// What the operations reached (summed by the unit test).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Seen {
     pub ops: usize,
-    pub live: usize,
+    pub cov: Coverage,
     pub delivered: usize,
     /// Delivered events read back from guest memory and checked.
     pub checked: usize,
-    pub needs_reset: usize,
-    pub memory_checks: usize,
 }
 
 struct Rig {
-    mem: Arc<GuestMemory>,
-    dev: VirtioMmio<VirtioInput>,
-    irq: Arc<LevelIrq>,
+    h: FuzzBench<VirtioInput>,
     next_desc: [u16; 2],
     avail_idx: [u16; 2],
     /// Events delivered since the device was made (presses are whole: KEY 1, SYN, KEY 0, SYN).
@@ -64,28 +50,33 @@ struct Rig {
     seen: Seen,
 }
 
+impl Checked for Rig {
+    type Device = VirtioInput;
+
+    /// Runs one device operation and checks the invariants around it
+    /// ([`FuzzBench::checked`]), then the events it delivered.
+    fn access(&mut self, f: impl FnOnce(&mut VirtioMmio<Self::Device>) -> u64) -> u64 {
+        let delivered0 = self.h.b.lock().device().stats().delivered;
+        let step = self.h.checked(Vec::new(), f);
+        let (pending, delivered) = {
+            let d = self.h.b.lock();
+            (d.device().pending(), d.device().stats().delivered)
+        };
+        assert!(pending <= MAX_PENDING_EVENTS);
+        let fresh = delivered - delivered0;
+        self.seen.delivered += fresh as usize;
+        if fresh > 0 && !self.dirty {
+            self.check_events(&step.after, fresh);
+        }
+        self.stream += fresh;
+        step.value
+    }
+}
+
 impl Rig {
     fn new() -> Rig {
-        let mem = match GuestMemory::new(
-            &[RamRange {
-                base: RAM_BASE,
-                size: RAM_SIZE,
-            }],
-            &[],
-        ) {
-            Ok(m) => m,
-            Err(e) => panic!("guest memory: {e}"),
-        };
-        let irq = Arc::new(LevelIrq::new());
-        let dev = VirtioMmio::new(
-            VirtioInput::power_button(),
-            mem.clone(),
-            irq.clone() as Arc<dyn IrqLine>,
-        );
         Rig {
-            mem,
-            dev,
-            irq,
+            h: FuzzBench::new(VirtioInput::power_button(), RAM_SIZE, 2),
             next_desc: [0; 2],
             avail_idx: [0; 2],
             stream: 0,
@@ -96,125 +87,27 @@ impl Rig {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut v = vec![0u8; RAM_SIZE as usize];
-        if self.mem.read(RAM_BASE, &mut v).is_err() {
-            panic!("RAM unreadable");
-        }
-        v
-    }
-
-    fn qstate(&self, i: usize) -> Option<QState> {
-        self.dev.queue(i).map(|q| QState {
-            ready: q.ready(),
-            size: u64::from(q.size()),
-            desc: q.desc_table(),
-            avail: q.avail_ring(),
-            used: q.used_ring(),
-            next_avail: q.next_avail(),
-            next_used: q.next_used(),
-        })
-    }
-
-    /// Runs one device operation and checks the invariants around it.
-    fn access(&mut self, f: impl FnOnce(&mut VirtioMmio<VirtioInput>) -> u64) -> u64 {
-        let before = self.snapshot();
-        let q0: Vec<Option<QState>> = (0..2).map(|i| self.qstate(i)).collect();
-        let status0 = self.dev.status();
-        let delivered0 = self.dev.device().stats().delivered;
-        let v = f(&mut self.dev);
-        let after = self.snapshot();
-        let q1: Vec<Option<QState>> = (0..2).map(|i| self.qstate(i)).collect();
-        let status1 = self.dev.status();
-        assert_eq!(
-            self.irq.level(),
-            self.dev.interrupt_status() != 0,
-            "line vs InterruptStatus"
-        );
-        if status1 & status::DRIVER_OK != 0 {
-            assert_ne!(
-                status1 & status::FEATURES_OK,
-                0,
-                "DRIVER_OK without FEATURES_OK"
-            );
-            self.seen.live += 1;
-        }
-        if status1 & status::DEVICE_NEEDS_RESET != 0 && status0 & status::DEVICE_NEEDS_RESET == 0 {
-            self.seen.needs_reset += 1;
-        }
-        assert!(self.dev.device().pending() <= MAX_PENDING_EVENTS);
-        let s = self.dev.device().stats();
-        let fresh = s.delivered - delivered0;
-        self.seen.delivered += fresh as usize;
-        if fresh > 0 && !self.dirty {
-            self.check_events(&after, fresh);
-        }
-        self.stream += fresh;
-        if before != after {
-            let mut allowed = Vec::new();
-            let mut sound = true;
-            for (a, b) in q0.iter().zip(&q1) {
-                let q = match (a, b) {
-                    (_, Some(q)) if q.ready => q,
-                    (Some(q), _) if q.ready => q,
-                    _ => continue,
-                };
-                match allowed_regions(&before, q) {
-                    Some(r) => allowed.extend(r),
-                    None => sound = false,
-                }
-            }
-            if sound {
-                self.seen.memory_checks += 1;
-                for (i, (a, b)) in before.iter().zip(&after).enumerate() {
-                    if a != b {
-                        let addr = RAM_BASE + i as u64;
-                        assert!(
-                            in_regions(&allowed, addr),
-                            "device wrote {addr:#x} outside its rings and writable buffers"
-                        );
-                    }
-                }
-            }
-        }
-        v
-    }
-
-    fn wr(&mut self, off: u64, v: u32) {
-        self.access(|d| {
-            d.write(off, 4, u64::from(v));
-            0
-        });
-    }
-
     fn probe(&mut self, r: &mut Reader) {
-        self.wr(0x70, 0);
-        self.wr(0x70, status::ACKNOWLEDGE | status::DRIVER);
-        self.wr(0x24, 1);
-        self.wr(0x20, if r.chance(240) { 1 } else { r.u32() });
-        self.wr(0x24, 0);
-        self.wr(0x20, if r.chance(240) { 0 } else { r.u32() });
-        self.wr(
+        self.write_reg(0x70, 0);
+        self.write_reg(0x70, status::ACKNOWLEDGE | status::DRIVER);
+        let hi = if r.chance(240) { 1 } else { r.u32() };
+        let lo = if r.chance(240) { 0 } else { r.u32() };
+        self.write_driver_features(u64::from(hi) << 32 | u64::from(lo));
+        self.write_reg(
             0x70,
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
         );
-        let _ = self.mem.write(RAM_BASE, &[0u8; 0x6000]);
+        self.h.write_mem(RAM_BASE, &[0u8; 0x6000]);
         for q in 0..2 {
             let (desc, avail, used) = queue_base(q);
-            self.wr(0x30, q as u32);
             let size = [1u32, 2, 4, 8, 16, 64, 3, 128][usize::from(r.u8() % 8)];
-            self.wr(0x38, size);
-            for (reg, a) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
-                self.wr(reg, a as u32);
-                self.wr(reg + 4, (a >> 32) as u32);
-            }
-            self.wr(0x44, 1);
+            self.setup_queue(q as u32, size, desc, avail, used);
         }
         self.next_desc = [0; 2];
         self.avail_idx = [0; 2];
         self.last_used = 0;
         self.dirty = false;
-        self.wr(
+        self.write_reg(
             0x70,
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
         );
@@ -222,7 +115,7 @@ impl Rig {
 
     /// The `fresh` events just written into well-formed buffers continue the press stream.
     fn check_events(&mut self, mem: &[u8], fresh: u64) {
-        let Some(q) = self.qstate(0) else { return };
+        let Some(q) = self.h.qstate(0) else { return };
         let size = q.size.max(1);
         let rd = |a: u64, n: usize| read_le(mem, a.wrapping_sub(RAM_BASE), n);
         let used_idx = rd(q.used + 2, 2) as u16;
@@ -255,19 +148,18 @@ impl Rig {
 
     /// Makes a one-descriptor buffer available on queue `q` (size from the device).
     fn post(&mut self, q: usize, addr: u64, len: u32, flags: u16) {
-        let size = self.qstate(q).map_or(1, |s| s.size.max(1)) as u16;
+        let size = self.h.qstate(q).map_or(1, |s| s.size.max(1)) as u16;
         let (desc, avail, _) = queue_base(q);
         let i = self.next_desc[q] % size;
         self.next_desc[q] = self.next_desc[q].wrapping_add(1);
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        let _ = self.mem.write(desc + 16 * u64::from(i), &d);
+        self.h.write_desc(desc, i, addr, len, flags, 0);
+        // The index the rig published last, not what guest memory says: a hostile write
+        // there is the test.
         let slot = u64::from(self.avail_idx[q] % size);
-        let _ = self.mem.write(avail + 4 + 2 * slot, &i.to_le_bytes());
+        self.h.write_mem(avail + 4 + 2 * slot, &i.to_le_bytes());
         self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        let _ = self.mem.write(avail + 2, &self.avail_idx[q].to_le_bytes());
+        self.h
+            .write_mem(avail + 2, &self.avail_idx[q].to_le_bytes());
     }
 }
 
@@ -292,7 +184,7 @@ pub(crate) fn run(data: &[u8]) -> Seen {
                     rig.bump += 1;
                     rig.post(0, at, 8 + u32::from(r.u8() % 3) * 8, 2);
                 }
-                rig.wr(0x50, 0);
+                rig.write_reg(0x50, 0);
             }
             3 => {
                 // A hostile buffer on any queue.
@@ -311,7 +203,7 @@ pub(crate) fn run(data: &[u8]) -> Seen {
                 let flags = r.u16() & 0x7;
                 rig.post(q, addr, len, flags);
                 let kick = if r.chance(200) { q as u32 } else { r.u32() };
-                rig.wr(0x50, kick);
+                rig.write_reg(0x50, kick);
             }
             4 | 5 => {
                 rig.access(|d| d.press_key(KEY_POWER) as u64);
@@ -350,19 +242,20 @@ pub(crate) fn run(data: &[u8]) -> Seen {
                 let at = RAM_BASE + u64::from(r.u16()) % RAM_SIZE;
                 let v = r.u64().to_le_bytes();
                 let n = usize::from(r.u8() % 8) + 1;
-                let _ = rig.mem.write(at, &v[..n]);
+                rig.h.write_mem(at, &v[..n]);
             }
             9 => {
                 let v = r.u32();
-                rig.wr(0x64, v);
+                rig.write_reg(0x64, v);
             }
-            10 => rig.wr(0x70, 0),
+            10 => rig.write_reg(0x70, 0),
             _ => {
                 let q = r.u32() % 4;
-                rig.wr(0x50, q);
+                rig.write_reg(0x50, q);
             }
         }
     }
+    rig.seen.cov = rig.h.cov;
     rig.seen
 }
 
@@ -392,11 +285,9 @@ pub(crate) fn run_seeded(seed: u64, n: usize) -> Seen {
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let s = run(&data);
         total.ops += s.ops;
-        total.live += s.live;
+        total.cov.add(&s.cov);
         total.delivered += s.delivered;
         total.checked += s.checked;
-        total.needs_reset += s.needs_reset;
-        total.memory_checks += s.memory_checks;
     }
     total
 }

@@ -1,19 +1,13 @@
 //! virtio-input (the power button) on virtio-mmio, driven as Linux's `virtio_input` driver
 //! does, and by a hostile one.
 
-use std::sync::{Arc, Mutex};
-
-use vmk_memory::{GuestMemory, MmioRange, RamRange};
-
+use super::harness::{self, Bench, Regs, Vq, HOLE, RAM_BASE as RAM};
 use super::input::*;
 use super::status::*;
 use super::*;
-use crate::{IrqLine, LevelIrq, MmioDevice};
+use crate::MmioDevice;
 
-const RAM: u64 = 0x8000_0000;
 const RAM_SIZE: u64 = 1 << 20;
-/// An MMIO hole next to RAM: DMA there must fail.
-const HOLE: u64 = 0x1000_0000;
 const QSIZE: u16 = 16;
 const BUFS: u64 = RAM + 0x8_0000;
 
@@ -22,50 +16,33 @@ fn queue_addrs(q: usize) -> (u64, u64, u64) {
     (b, b + 0x1000, b + 0x2000)
 }
 
+fn vq(q: usize) -> Vq {
+    let (desc, avail, used) = queue_addrs(q);
+    Vq::new(q as u32, desc, avail, used, QSIZE)
+}
+
+/// virtio_input's driver: the bench's registers, the event and status queues.
 struct Driver {
-    dev: Arc<Mutex<VirtioMmio<VirtioInput>>>,
-    mem: Arc<GuestMemory>,
-    irq: Arc<LevelIrq>,
-    avail_idx: [u16; 2],
-    last_used: [u16; 2],
-    next_desc: [u16; 2],
+    b: Bench<VirtioInput>,
+    qs: [Vq; 2],
+}
+
+impl std::ops::Deref for Driver {
+    type Target = Bench<VirtioInput>;
+    fn deref(&self) -> &Bench<VirtioInput> {
+        &self.b
+    }
 }
 
 impl Driver {
     fn new() -> Driver {
-        let mem = GuestMemory::new(
-            &[RamRange {
-                base: RAM,
-                size: RAM_SIZE,
-            }],
-            &[MmioRange {
-                base: HOLE,
-                size: 0x1000,
-            }],
-        )
-        .unwrap();
-        let irq = Arc::new(LevelIrq::new());
-        let dev = VirtioMmio::new(
-            VirtioInput::power_button(),
-            mem.clone(),
-            irq.clone() as Arc<dyn IrqLine>,
-        );
         Driver {
-            dev: Arc::new(Mutex::new(dev)),
-            mem,
-            irq,
-            avail_idx: [0; 2],
-            last_used: [0; 2],
-            next_desc: [0; 2],
+            b: Bench::new(
+                VirtioInput::power_button(),
+                harness::guest_memory(RAM_SIZE, true),
+            ),
+            qs: [vq(0), vq(1)],
         }
-    }
-
-    fn rd(&self, off: u64) -> u32 {
-        self.dev.lock().unwrap().read(off, 4) as u32
-    }
-
-    fn wr(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, 4, u64::from(v));
     }
 
     fn cfg_select(&self, select: u8, subsel: u8) -> u8 {
@@ -85,10 +62,7 @@ impl Driver {
         self.wr(0x70, 0);
         self.wr(0x70, ACKNOWLEDGE);
         self.wr(0x70, ACKNOWLEDGE | DRIVER);
-        self.wr(0x24, 1);
-        self.wr(0x20, 1); // VERSION_1
-        self.wr(0x24, 0);
-        self.wr(0x20, 0);
+        self.b.write_driver_features(features::VIRTIO_F_VERSION_1);
         self.wr(0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         assert_ne!(self.rd(0x70) & FEATURES_OK, 0);
         for q in 0..2 {
@@ -98,43 +72,23 @@ impl Driver {
             self.wr(0x30, q as u32);
             assert_eq!(self.rd(0x34), 64);
             self.wr(0x38, u32::from(QSIZE));
-            for (reg, a) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
-                self.wr(reg, a as u32);
-                self.wr(reg + 4, (a >> 32) as u32);
-            }
+            self.b.write_queue_rings(desc, avail, used);
             self.wr(0x44, 1);
         }
-        self.avail_idx = [0; 2];
-        self.last_used = [0; 2];
-        self.next_desc = [0; 2];
+        self.qs = [vq(0), vq(1)];
         self.wr(0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(self.rd(0x70) & DEVICE_NEEDS_RESET, 0);
     }
 
     /// Makes one buffer (one descriptor) available on queue `q`, without a kick.
     fn post(&mut self, q: usize, addr: u64, len: u32, flags: u16) {
-        let (desc, avail, _) = queue_addrs(q);
-        let i = self.next_desc[q] % QSIZE;
-        self.next_desc[q] = self.next_desc[q].wrapping_add(1);
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        self.mem.write(desc + 16 * u64::from(i), &d).unwrap();
-        let slot = u64::from(self.avail_idx[q] % QSIZE);
-        self.mem
-            .write(avail + 4 + 2 * slot, &i.to_le_bytes())
-            .unwrap();
-        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
-        self.mem
-            .write(avail + 2, &self.avail_idx[q].to_le_bytes())
-            .unwrap();
+        self.qs[q].post_one(&self.b.mem, addr, len, flags);
     }
 
     /// `n` event buffers of 8 bytes, then a kick (what `virtinput_fill_evt` does).
     fn fill_events(&mut self, n: u16) {
         for k in 0..n {
-            let at = BUFS + 8 * u64::from(self.next_desc[0] % QSIZE) + 0x1000 * u64::from(k % 2);
+            let at = BUFS + 8 * u64::from(self.qs[0].next_desc % QSIZE) + 0x1000 * u64::from(k % 2);
             self.mem.write(at, &[0xee; 8]).unwrap();
             self.post(0, at, 8, 2);
         }
@@ -143,23 +97,7 @@ impl Driver {
 
     /// Used entries of queue `q` since the last call: (descriptor id, length).
     fn take_used(&mut self, q: usize) -> Vec<(u32, u32)> {
-        let (desc, _, used) = queue_addrs(q);
-        let _ = desc;
-        let mut b = [0u8; 2];
-        self.mem.read(used + 2, &mut b).unwrap();
-        let idx = u16::from_le_bytes(b);
-        let mut out = Vec::new();
-        while self.last_used[q] != idx {
-            let slot = u64::from(self.last_used[q] % QSIZE);
-            let mut e = [0u8; 8];
-            self.mem.read(used + 4 + 8 * slot, &mut e).unwrap();
-            out.push((
-                u32::from_le_bytes(e[0..4].try_into().unwrap()),
-                u32::from_le_bytes(e[4..8].try_into().unwrap()),
-            ));
-            self.last_used[q] = self.last_used[q].wrapping_add(1);
-        }
-        out
+        self.qs[q].take_used(&self.b.mem)
     }
 
     /// The events in the used event buffers since the last call.
@@ -355,9 +293,9 @@ fn fuzz_logic_runs_with_a_fixed_seed() {
     let seen = super::input_fuzzing::run_seeded(0x5eed_1234, 300);
     eprintln!("{seen:?}");
     assert!(seen.ops > 10_000, "{seen:?}");
-    assert!(seen.live > 0, "{seen:?}");
+    assert!(seen.cov.live > 0, "{seen:?}");
     assert!(seen.delivered > 0, "{seen:?}");
     assert!(seen.checked > 100, "{seen:?}");
-    assert!(seen.memory_checks > 100, "{seen:?}");
-    assert!(seen.needs_reset > 0, "{seen:?}");
+    assert!(seen.cov.memory_checks > 100, "{seen:?}");
+    assert!(seen.cov.needs_reset > 0, "{seen:?}");
 }

@@ -78,6 +78,8 @@ pub mod queue;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 #[cfg(any(test, feature = "fuzzing"))]
+mod harness;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod input_fuzzing;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod net_fuzzing;

@@ -24,15 +24,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmk_memory::{GuestMemory, RamRange};
-
-use super::fuzzing::{allowed_regions, in_regions, read_le, QState};
+use super::harness::{queue_base, read_le, Checked, Coverage, FuzzBench, Regs, RAM_BASE};
 use super::net::*;
 use super::{features, status, VirtioMmio};
 use crate::fuzzing::Reader;
-use crate::{IrqLine, LevelIrq, MmioDevice};
 
-const RAM_BASE: u64 = 0x8000_0000;
 const RAM_SIZE: u64 = 0x2_0000;
 const INDIRECT: u64 = RAM_BASE + 0x9000;
 const DATA: u64 = RAM_BASE + 0xa000;
@@ -40,35 +36,24 @@ const DATA_END: u64 = RAM_BASE + RAM_SIZE;
 const MTU: u16 = 1500;
 const MAC: [u8; 6] = [0x02, 0x56, 0x4b, 0, 0, 1];
 
-fn queue_base(i: usize) -> (u64, u64, u64) {
-    let b = RAM_BASE + 0x3000 * i as u64;
-    (b, b + 0x1000, b + 0x2000)
-}
-
 /// What the operations reached (summed by the unit test).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Seen {
     pub ops: usize,
-    pub live: usize,
+    pub cov: Coverage,
     pub tx_verified: usize,
     pub rx_verified: usize,
     pub dropped: usize,
-    pub needs_reset: usize,
-    pub interrupts: usize,
-    pub memory_checks: usize,
 }
 
 impl Seen {
     #[cfg(test)]
     pub(crate) fn add(&mut self, o: &Seen) {
         self.ops += o.ops;
-        self.live += o.live;
+        self.cov.add(&o.cov);
         self.tx_verified += o.tx_verified;
         self.rx_verified += o.rx_verified;
         self.dropped += o.dropped;
-        self.needs_reset += o.needs_reset;
-        self.interrupts += o.interrupts;
-        self.memory_checks += o.memory_checks;
     }
 }
 
@@ -113,9 +98,7 @@ impl NetBackend for FuzzBackend {
 }
 
 struct Rig {
-    mem: Arc<GuestMemory>,
-    dev: Arc<Mutex<VirtioMmio<VirtioNet>>>,
-    irq: Arc<LevelIrq>,
+    h: FuzzBench<VirtioNet>,
     wire: Arc<Mutex<Wire>>,
     /// Next descriptor index per queue, and whether it wrapped since the probe.
     next_desc: [u16; 3],
@@ -128,29 +111,30 @@ struct Rig {
     seen: Seen,
 }
 
+impl Checked for Rig {
+    type Device = VirtioNet;
+
+    /// Runs one device operation and checks the invariants around it
+    /// ([`FuzzBench::checked`]); receive buffers the device held before it are its own.
+    fn access(&mut self, f: impl FnOnce(&mut VirtioMmio<Self::Device>) -> u64) -> u64 {
+        let held = self.h.b.lock().device().held_rx_buffers();
+        let v = self.h.checked(held, f).value;
+        let s = self.h.b.lock().device().stats();
+        self.seen.dropped =
+            (s.tx_malformed + s.tx_oversize + s.rx_bad_chains + s.rx_too_big) as usize;
+        v
+    }
+}
+
 impl Rig {
     fn new() -> Rig {
-        let mem = match GuestMemory::new(
-            &[RamRange {
-                base: RAM_BASE,
-                size: RAM_SIZE,
-            }],
-            &[],
-        ) {
-            Ok(m) => m,
-            Err(e) => panic!("guest memory: {e}"),
-        };
         let wire = Arc::new(Mutex::new(Wire::default()));
         let net = VirtioNet::new(
             Box::new(FuzzBackend(wire.clone())),
             NetConfig { queue_size: 64 },
         );
-        let irq = Arc::new(LevelIrq::new());
-        let dev = VirtioMmio::new(net, mem.clone(), irq.clone() as Arc<dyn IrqLine>);
         Rig {
-            mem,
-            dev: Arc::new(Mutex::new(dev)),
-            irq,
+            h: FuzzBench::new(net, RAM_SIZE, 3),
             wire,
             next_desc: [0; 3],
             wrapped: [false; 3],
@@ -161,132 +145,15 @@ impl Rig {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut v = vec![0u8; RAM_SIZE as usize];
-        if self.mem.read(RAM_BASE, &mut v).is_err() {
-            panic!("RAM unreadable");
-        }
-        v
-    }
-
-    fn qstate(&self, i: usize) -> Option<QState> {
-        let d = lock(&self.dev);
-        d.queue(i).map(|q| QState {
-            ready: q.ready(),
-            size: u64::from(q.size()),
-            desc: q.desc_table(),
-            avail: q.avail_ring(),
-            used: q.used_ring(),
-            next_avail: q.next_avail(),
-            next_used: q.next_used(),
-        })
-    }
-
     fn write_mem(&self, addr: u64, data: &[u8]) {
-        let _ = self.mem.write(addr, data);
-    }
-
-    fn mmio_read(&mut self, off: u64, size: u8) -> u64 {
-        self.access(|d| d.read(off, size))
-    }
-
-    fn mmio_write(&mut self, off: u64, size: u8, v: u64) {
-        self.access(|d| {
-            d.write(off, size, v);
-            0
-        });
-    }
-
-    /// Runs one device operation and checks the invariants around it.
-    fn access(&mut self, f: impl FnOnce(&mut VirtioMmio<VirtioNet>) -> u64) -> u64 {
-        let before = self.snapshot();
-        let q0: Vec<Option<QState>> = (0..3).map(|i| self.qstate(i)).collect();
-        let status0 = lock(&self.dev).status();
-        let held = lock(&self.dev).device().held_rx_buffers();
-        let rises0 = self.irq.rises();
-        let v = f(&mut lock(&self.dev));
-        let after = self.snapshot();
-        let q1: Vec<Option<QState>> = (0..3).map(|i| self.qstate(i)).collect();
-        let d = lock(&self.dev);
-        let status1 = d.status();
-        assert_eq!(
-            self.irq.level(),
-            d.interrupt_status() != 0,
-            "line vs InterruptStatus"
-        );
-        if self.irq.rises() > rises0 {
-            self.seen.interrupts += 1;
-        }
-        if status1 & status::FEATURES_OK != 0 {
-            let f = d.driver_features();
-            assert_eq!(f & !d.device_features(), 0, "unoffered features accepted");
-            assert_ne!(f & features::VIRTIO_F_VERSION_1, 0, "no VERSION_1");
-        }
-        if status1 & status::DRIVER_OK != 0 {
-            assert_ne!(
-                status1 & status::FEATURES_OK,
-                0,
-                "DRIVER_OK without FEATURES_OK"
-            );
-            self.seen.live += 1;
-        }
-        if status1 & status::DEVICE_NEEDS_RESET != 0 && status0 & status::DEVICE_NEEDS_RESET == 0 {
-            self.seen.needs_reset += 1;
-        }
-        let s = d.device().stats();
-        self.seen.dropped =
-            (s.tx_malformed + s.tx_oversize + s.rx_bad_chains + s.rx_too_big) as usize;
-        drop(d);
-        if before != after {
-            // Buffers the device held before the operation are still its own.
-            let mut allowed = held;
-            let mut sound = true;
-            for (a, b) in q0.iter().zip(&q1) {
-                let q = match (a, b) {
-                    (_, Some(q)) if q.ready => q,
-                    (Some(q), _) if q.ready => q,
-                    _ => continue,
-                };
-                match allowed_regions(&before, q) {
-                    Some(r) => allowed.extend(r),
-                    None => sound = false,
-                }
-            }
-            // Another queue's rings may overlap this one's buffers: then skip the check.
-            if sound {
-                self.seen.memory_checks += 1;
-                for (i, (a, b)) in before.iter().zip(&after).enumerate() {
-                    if a != b {
-                        let addr = RAM_BASE + i as u64;
-                        assert!(
-                            in_regions(&allowed, addr),
-                            "device wrote {addr:#x} outside its buffers ({a:#x} -> {b:#x})"
-                        );
-                    }
-                }
-            }
-        }
-        v
-    }
-
-    fn write_desc(&self, table: u64, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..].copy_from_slice(&next.to_le_bytes());
-        self.write_mem(table + 16 * u64::from(idx), &b);
+        self.h.write_mem(addr, data);
     }
 
     fn standard_init(&mut self, r: &mut Reader) {
         self.mmio_write(0x70, 4, 0);
         self.mmio_write(0x70, 4, 1);
         self.mmio_write(0x70, 4, 3);
-        self.mmio_write(0x14, 4, 1);
-        let hi = self.mmio_read(0x10, 4);
-        self.mmio_write(0x14, 4, 0);
-        let lo = self.mmio_read(0x10, 4);
-        let offered = hi << 32 | lo;
+        let offered = self.offered_features();
         let mut want = if r.chance(160) {
             offered
         } else {
@@ -295,10 +162,7 @@ impl Rig {
         if r.chance(240) {
             want |= features::VIRTIO_F_VERSION_1;
         }
-        self.mmio_write(0x24, 4, 1);
-        self.mmio_write(0x20, 4, want >> 32);
-        self.mmio_write(0x24, 4, 0);
-        self.mmio_write(0x20, 4, want & 0xffff_ffff);
+        self.write_driver_features(want);
         self.mmio_write(0x70, 4, 0xb);
         let size = [64u64, 16, 8, 2, 1, 3][usize::from(r.u8() % 6)];
         for i in 0..3 {
@@ -307,12 +171,8 @@ impl Rig {
             let (d, a, u) = queue_base(i as usize);
             self.write_mem(a, &[0; 0x1000]);
             self.write_mem(u, &[0; 0x1000]);
-            for (k, addr) in [d, a, u].iter().enumerate() {
-                let addr = if r.chance(4) { r.u64() } else { *addr };
-                let reg = 0x80 + 0x10 * k as u64;
-                self.mmio_write(reg, 4, addr & 0xffff_ffff);
-                self.mmio_write(reg + 4, 4, addr >> 32);
-            }
+            let [d, a, u] = [d, a, u].map(|addr| if r.chance(4) { r.u64() } else { addr });
+            self.write_queue_rings(d, a, u);
             self.mmio_write(0x44, 4, 1);
         }
         self.mmio_write(0x70, 4, 0xf);
@@ -334,52 +194,25 @@ impl Rig {
 
     /// Adds a chain of (addr, len, flags) to queue `q`, direct or indirect; returns the head.
     fn add_chain(&mut self, r: &mut Reader, q: usize, chain: &[(u64, u32, u16)]) -> Option<u16> {
-        let st = self.qstate(q)?;
+        let st = self.h.qstate(q)?;
         let size = st.size.clamp(1, 64) as u16;
         let (desc, _, _) = queue_base(q);
         let head = self.next_desc[q] % size;
         if r.chance(32) && q != 0 {
-            for (i, &(a, l, f)) in chain.iter().enumerate() {
-                let flags = if i + 1 < chain.len() { f | 1 } else { f };
-                self.write_desc(
-                    INDIRECT + 0x400 * q as u64,
-                    i as u16,
-                    a,
-                    l,
-                    flags,
-                    i as u16 + 1,
-                );
-            }
-            self.write_desc(
-                desc,
-                head,
-                INDIRECT + 0x400 * q as u64,
-                16 * chain.len() as u32,
-                4,
-                0,
-            );
+            let table = INDIRECT + 0x400 * q as u64;
+            self.h.write_indirect(table, chain);
+            self.h
+                .write_desc(desc, head, table, 16 * chain.len() as u32, 4, 0);
             self.bump(q, 1, size);
         } else {
             if chain.len() > usize::from(size) {
                 // The chain overwrites itself in a queue this small: no longer ours to check.
                 self.dirty = true;
             }
-            for (i, &(a, l, f)) in chain.iter().enumerate() {
-                let idx = (self.next_desc[q].wrapping_add(i as u16)) % size;
-                let next = (self.next_desc[q].wrapping_add(i as u16 + 1)) % size;
-                let flags = if i + 1 < chain.len() { f | 1 } else { f };
-                self.write_desc(desc, idx, a, l, flags, next);
-            }
+            self.h.write_chain(desc, self.next_desc[q], size, chain);
             self.bump(q, chain.len() as u16, size);
         }
-        let mut idx = [0u8; 2];
-        let _ = self.mem.read(st.avail + 2, &mut idx);
-        let idx = u16::from_le_bytes(idx);
-        self.write_mem(
-            st.avail + 4 + 2 * (u64::from(idx) % u64::from(size)),
-            &head.to_le_bytes(),
-        );
-        self.write_mem(st.avail + 2, &idx.wrapping_add(1).to_le_bytes());
+        self.h.publish(st.avail, size, head);
         Some(head)
     }
 
@@ -447,14 +280,14 @@ impl Rig {
                 _ => chain[i].0 = DATA_END - u64::from(r.u8() % 8),
             }
         }
-        let Some(q) = self.qstate(1) else { return };
+        let Some(q) = self.h.qstate(1) else { return };
         let sent0 = lock(&self.wire).sent.len();
-        let pending = lock(&self.dev).device().tx_pending();
+        let pending = self.h.b.lock().device().tx_pending();
         if self.add_chain(r, 1, &chain).is_none() {
             return;
         }
         self.mmio_write(0x50, 4, 1);
-        let q1 = self.qstate(1);
+        let q1 = self.h.qstate(1);
         let w = lock(&self.wire);
         let ok_frame =
             frame.len() >= 14 && frame.len() <= NetConfig::max_frame(MTU) && hdr[..2] == [0, 0];
@@ -509,13 +342,13 @@ impl Rig {
 
     fn receive(&mut self, r: &mut Reader) {
         let frame = self.frame(r);
-        let Some(q) = self.qstate(0) else { return };
+        let Some(q) = self.h.qstate(0) else { return };
         lock(&self.wire).to_guest.push_back(frame.clone());
         self.access(|d| {
             d.process_queue(RX_QUEUE);
             0
         });
-        let Some(q1) = self.qstate(0) else { return };
+        let Some(q1) = self.h.qstate(0) else { return };
         let n = q1.next_used.wrapping_sub(q.next_used);
         if !q.ready || !q1.ready || n == 0 || self.dirty || self.wrapped[0] {
             return;
@@ -525,7 +358,7 @@ impl Rig {
         if !lock(&self.wire).to_guest.is_empty() {
             return;
         }
-        let snap = self.snapshot();
+        let snap = self.h.snapshot();
         let mut bytes = Vec::new();
         let mut spans = Vec::new();
         for i in 0..n {
@@ -544,7 +377,7 @@ impl Rig {
         }
         for (addr, len) in &spans {
             let mut b = vec![0u8; *len as usize];
-            let _ = self.mem.read(*addr, &mut b);
+            let _ = self.h.b.mem.read(*addr, &mut b);
             bytes.extend(b);
         }
         let num = u16::from_le_bytes([bytes[10], bytes[11]]);
@@ -578,7 +411,7 @@ impl Rig {
     }
 
     fn step(&mut self, r: &mut Reader) {
-        if lock(&self.dev).status() & status::DEVICE_NEEDS_RESET != 0 && r.chance(128) {
+        if self.h.b.lock().status() & status::DEVICE_NEEDS_RESET != 0 && r.chance(128) {
             self.standard_init(r);
             return;
         }
@@ -615,7 +448,7 @@ impl Rig {
                 } else {
                     r.u64()
                 };
-                self.write_desc(
+                self.h.write_desc(
                     desc,
                     u16::from(r.u8() % 64),
                     addr,
@@ -688,6 +521,7 @@ pub(crate) fn run(data: &[u8]) -> Seen {
         rig.step(&mut r);
         rig.seen.ops += 1;
     }
-    drop(rig.dev);
+    // The device is dropped with the rig (a flush); that must not panic either.
+    rig.seen.cov = std::mem::take(&mut rig.h.cov);
     rig.seen
 }

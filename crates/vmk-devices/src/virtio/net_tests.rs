@@ -5,18 +5,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmk_memory::{GuestMemory, MmioRange, RamRange};
-
 use super::features::*;
+use super::harness::{self, Bench, Regs, Vq, HOLE, RAM_BASE as RAM};
 use super::net::*;
 use super::status::*;
 use super::*;
-use crate::{IrqLine, LevelIrq, MmioDevice};
+use crate::MmioDevice;
 
-const RAM: u64 = 0x8000_0000;
 const RAM_SIZE: u64 = 1 << 20;
 const HEAP: u64 = RAM + 0x1_0000;
-const HOLE: u64 = 0x1000_0000;
 const MAC: [u8; 6] = [0x02, 0x56, 0x4b, 0, 0, 1];
 const MTU: u16 = 1500;
 
@@ -84,27 +81,20 @@ impl NetBackend for TestBackend {
     }
 }
 
-/// One queue as the driver keeps it.
-struct Vq {
-    index: u32,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    size: u16,
-    avail_idx: u16,
-    last_used: u16,
-    free: Vec<u16>,
-    chains: std::collections::HashMap<u16, Vec<u16>>,
-}
-
+/// virtio_net's driver: the bench's registers and one [`Vq`] per queue.
 struct Net {
-    dev: SharedNet,
-    mem: Arc<GuestMemory>,
-    irq: Arc<LevelIrq>,
+    b: Bench<VirtioNet>,
     backend: TestBackend,
     features: u64,
     qs: Vec<Vq>,
     heap: u64,
+}
+
+impl std::ops::Deref for Net {
+    type Target = Bench<VirtioNet>;
+    fn deref(&self) -> &Bench<VirtioNet> {
+        &self.b
+    }
 }
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
@@ -120,46 +110,15 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
 
 impl Net {
     fn new() -> Net {
-        let mem = GuestMemory::new(
-            &[RamRange {
-                base: RAM,
-                size: RAM_SIZE,
-            }],
-            &[MmioRange {
-                base: HOLE,
-                size: 0x1000,
-            }],
-        )
-        .unwrap();
-        let irq = Arc::new(LevelIrq::new());
         let backend = TestBackend::default();
         let net = VirtioNet::new(Box::new(backend.clone()), NetConfig::default());
-        let dev = Arc::new(Mutex::new(VirtioMmio::new(
-            net,
-            mem.clone(),
-            irq.clone() as Arc<dyn IrqLine>,
-        )));
         Net {
-            dev,
-            mem,
-            irq,
+            b: Bench::new(net, harness::guest_memory(RAM_SIZE, true)),
             backend,
             features: 0,
             qs: Vec::new(),
             heap: HEAP,
         }
-    }
-
-    fn rd(&self, off: u64) -> u32 {
-        self.dev.lock().unwrap().read(off, 4) as u32
-    }
-
-    fn wr(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, 4, u64::from(v));
-    }
-
-    fn status(&self) -> u32 {
-        self.rd(0x70)
     }
 
     fn stats(&self) -> NetStats {
@@ -172,15 +131,8 @@ impl Net {
         self.wr(0x70, 0);
         self.wr(0x70, ACKNOWLEDGE);
         self.wr(0x70, ACKNOWLEDGE | DRIVER);
-        self.wr(0x14, 1);
-        let hi = u64::from(self.rd(0x10));
-        self.wr(0x14, 0);
-        let offered = hi << 32 | u64::from(self.rd(0x10));
-        self.features = offered & want;
-        self.wr(0x24, 1);
-        self.wr(0x20, (self.features >> 32) as u32);
-        self.wr(0x24, 0);
-        self.wr(0x20, self.features as u32);
+        self.features = self.b.offered_features() & want;
+        self.b.write_driver_features(self.features);
         self.wr(0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         assert_ne!(self.status() & FEATURES_OK, 0, "FEATURES_OK refused");
         let nq = if self.features & VIRTIO_NET_F_CTRL_VQ != 0 {
@@ -191,26 +143,13 @@ impl Net {
         self.qs.clear();
         for i in 0..nq {
             let base = RAM + 0x3000 * u64::from(i);
-            let q = Vq {
-                index: i,
-                desc: base,
-                avail: base + 0x1000,
-                used: base + 0x2000,
-                size: 64,
-                avail_idx: 0,
-                last_used: 0,
-                free: (0..64).rev().collect(),
-                chains: Default::default(),
-            };
+            let q = Vq::new(i, base, base + 0x1000, base + 0x2000, 64);
             self.mem.write(q.avail, &[0; 0x1000]).unwrap();
             self.mem.write(q.used, &[0; 0x1000]).unwrap();
             self.wr(0x30, i);
             assert!(self.rd(0x34) >= 64);
             self.wr(0x38, 64);
-            for (reg, a) in [(0x80, q.desc), (0x90, q.avail), (0xa0, q.used)] {
-                self.wr(reg, a as u32);
-                self.wr(reg + 4, (a >> 32) as u32);
-            }
+            self.b.write_queue_rings(q.desc, q.avail, q.used);
             self.wr(0x44, 1);
             self.qs.push(q);
         }
@@ -231,38 +170,12 @@ impl Net {
     }
 
     fn write_desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..].copy_from_slice(&next.to_le_bytes());
-        self.mem.write(table + 16 * u64::from(i), &b).unwrap();
+        harness::write_desc(&self.mem, table, i, addr, len, flags, next).unwrap();
     }
 
     /// Adds a chain of (addr, len, writable) to queue `q` and publishes it (no kick).
     fn add(&mut self, q: usize, bufs: &[(u64, u32, bool)]) -> u16 {
-        let idx: Vec<u16> = (0..bufs.len())
-            .map(|_| self.qs[q].free.pop().expect("queue full"))
-            .collect();
-        for (i, &(a, l, w)) in bufs.iter().enumerate() {
-            let mut flags = if w { 2 } else { 0 };
-            if i + 1 < bufs.len() {
-                flags |= 1;
-            }
-            let next = idx.get(i + 1).copied().unwrap_or(0);
-            self.write_desc(self.qs[q].desc, idx[i], a, l, flags, next);
-        }
-        let vq = &mut self.qs[q];
-        let head = idx[0];
-        vq.chains.insert(head, idx);
-        let slot = u64::from(vq.avail_idx % vq.size);
-        let (avail, new) = (vq.avail, vq.avail_idx.wrapping_add(1));
-        vq.avail_idx = new;
-        self.mem
-            .write(avail + 4 + 2 * slot, &head.to_le_bytes())
-            .unwrap();
-        self.mem.write(avail + 2, &new.to_le_bytes()).unwrap();
-        head
+        self.qs[q].add(&self.b.mem, bufs)
     }
 
     fn kick(&self, q: usize) {
@@ -271,23 +184,8 @@ impl Net {
 
     /// Used elements since the last call: (head, len).
     fn used(&mut self, q: usize) -> Vec<(u16, u32)> {
-        let vq = &mut self.qs[q];
-        let mut b = [0u8; 2];
-        self.mem.read(vq.used + 2, &mut b).unwrap();
-        let idx = u16::from_le_bytes(b);
-        let mut out = Vec::new();
-        while vq.last_used != idx {
-            let slot = u64::from(vq.last_used % vq.size);
-            let mut e = [0u8; 8];
-            self.mem.read(vq.used + 4 + 8 * slot, &mut e).unwrap();
-            let id = u32::from_le_bytes(e[..4].try_into().unwrap()) as u16;
-            let len = u32::from_le_bytes(e[4..].try_into().unwrap());
-            let chain = vq.chains.remove(&id).expect("used id not in flight");
-            vq.free.extend(chain);
-            out.push((id, len));
-            vq.last_used = vq.last_used.wrapping_add(1);
-        }
-        out
+        let used = self.qs[q].take_used(&self.b.mem);
+        used.into_iter().map(|(id, len)| (id as u16, len)).collect()
     }
 
     /// Sends a frame with its header, split as `split` byte counts (header + frame).
@@ -611,8 +509,8 @@ fn descriptor_loops_need_a_reset_and_never_hang() {
     n.write_desc(n.qs[1].desc, 1, a, 32, 1, 0);
     let vq = &mut n.qs[1];
     vq.avail_idx = 1;
-    n.mem.write(vq.avail + 4, &0u16.to_le_bytes()).unwrap();
-    n.mem.write(vq.avail + 2, &1u16.to_le_bytes()).unwrap();
+    n.b.mem.write(vq.avail + 4, &0u16.to_le_bytes()).unwrap();
+    n.b.mem.write(vq.avail + 2, &1u16.to_le_bytes()).unwrap();
     n.kick(1);
     assert_ne!(n.status() & DEVICE_NEEDS_RESET, 0);
     assert!(n.backend.wire().sent.is_empty());
@@ -734,13 +632,13 @@ fn pseudo_random_virtio_net_queues() {
     }
     eprintln!("{total:?}");
     assert!(total.ops > 20_000, "{total:?}");
-    assert!(total.live > 1_000, "{total:?}");
+    assert!(total.cov.live > 1_000, "{total:?}");
     assert!(total.tx_verified > 200, "{total:?}");
     assert!(total.rx_verified > 80, "{total:?}");
     assert!(total.dropped > 100, "{total:?}");
-    assert!(total.needs_reset > 20, "{total:?}");
-    assert!(total.interrupts > 300, "{total:?}");
-    assert!(total.memory_checks > 1_000, "{total:?}");
+    assert!(total.cov.needs_reset > 20, "{total:?}");
+    assert!(total.cov.interrupts > 300, "{total:?}");
+    assert!(total.cov.memory_checks > 1_000, "{total:?}");
 }
 
 #[test]

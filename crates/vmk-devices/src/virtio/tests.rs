@@ -2,28 +2,25 @@
 //! guest memory and programs the registers in the order Linux's `virtio_mmio` and
 //! `virtio_blk` drivers do.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmk_memory::{GuestMemory, MmioRange, RamRange};
+use vmk_memory::GuestMemory;
 
 use super::blk::*;
 use super::features::*;
+use super::harness::{self, Bench, Regs, Vq, HOLE, RAM_BASE as RAM};
 use super::status::*;
 use super::*;
 use crate::{IrqLine, LevelIrq, MmioDevice};
 
-const RAM: u64 = 0x8000_0000;
 const RAM_SIZE: u64 = 1 << 20;
 const DESC: u64 = RAM;
 const AVAIL: u64 = RAM + 0x1000;
 const USED: u64 = RAM + 0x2000;
 const INDIRECT: u64 = RAM + 0x4000;
 const HEAP: u64 = RAM + 0x1_0000;
-/// An MMIO hole next to RAM: DMA there must fail.
-const HOLE: u64 = 0x1000_0000;
 const DISK_SECTORS: u64 = 2048; // 1 MiB
 /// What untouched RAM holds.
 const FILL: u8 = 0x5a;
@@ -101,22 +98,10 @@ impl BlockBackend for SharedDisk {
 }
 
 fn guest_memory() -> Arc<GuestMemory> {
-    let mem = GuestMemory::new(
-        &[RamRange {
-            base: RAM,
-            size: RAM_SIZE,
-        }],
-        &[MmioRange {
-            base: HOLE,
-            size: 0x1000,
-        }],
-    )
-    .unwrap();
+    let mem = harness::guest_memory(RAM_SIZE, true);
     mem.write(RAM, &vec![FILL; RAM_SIZE as usize]).unwrap();
     mem
 }
-
-type Dev = Arc<Mutex<VirtioMmio<VirtioBlk>>>;
 
 /// The result of one block request.
 #[derive(Debug)]
@@ -126,22 +111,25 @@ struct Done {
     used_len: u32,
 }
 
-/// A virtio driver as Linux's virtio_mmio + virtio_ring + virtio_blk behave.
+/// A virtio driver as Linux's virtio_mmio + virtio_ring + virtio_blk behave: the bench's
+/// registers, the split ring of [`Vq`], and what virtio_blk adds (EVENT_IDX kicks, a heap
+/// for requests, indirect tables).
 struct Driver {
-    dev: Dev,
-    mem: Arc<GuestMemory>,
-    irq: Arc<LevelIrq>,
+    b: Bench<VirtioBlk>,
     disk: SharedDisk,
-    size: u16,
+    vq: Vq,
     features: u64,
-    avail_idx: u16,
     /// avail_idx at the last kick_prepare (Linux: avail_idx_shadow - num_added).
     kicked_idx: u16,
-    last_used: u16,
-    free: Vec<u16>,
-    chains: HashMap<u16, Vec<u16>>,
     heap: u64,
     indirect_next: u64,
+}
+
+impl std::ops::Deref for Driver {
+    type Target = Bench<VirtioBlk>;
+    fn deref(&self) -> &Bench<VirtioBlk> {
+        &self.b
+    }
 }
 
 impl Driver {
@@ -150,41 +138,16 @@ impl Driver {
     }
 
     fn with_disk(cfg: BlockConfig, disk: SharedDisk) -> Driver {
-        let mem = guest_memory();
-        let irq = Arc::new(LevelIrq::new());
         let blk = VirtioBlk::new(Box::new(disk.clone()), cfg);
-        let dev = Arc::new(Mutex::new(VirtioMmio::new(
-            blk,
-            mem.clone(),
-            irq.clone() as Arc<dyn IrqLine>,
-        )));
         Driver {
-            dev,
-            mem,
-            irq,
+            b: Bench::new(blk, guest_memory()),
             disk,
-            size: 0,
+            vq: Vq::new(0, DESC, AVAIL, USED, 0),
             features: 0,
-            avail_idx: 0,
             kicked_idx: 0,
-            last_used: 0,
-            free: Vec::new(),
-            chains: HashMap::new(),
             heap: HEAP,
             indirect_next: INDIRECT,
         }
-    }
-
-    fn rd(&self, off: u64) -> u32 {
-        self.dev.lock().unwrap().read(off, 4) as u32
-    }
-
-    fn wr(&self, off: u64, v: u32) {
-        self.dev.lock().unwrap().write(off, 4, u64::from(v));
-    }
-
-    fn status(&self) -> u32 {
-        self.rd(0x70)
     }
 
     fn add_status(&self, bit: u32) {
@@ -213,16 +176,8 @@ impl Driver {
         self.reset();
         self.add_status(ACKNOWLEDGE);
         self.add_status(DRIVER);
-        self.wr(0x014, 1);
-        let hi = self.rd(0x010);
-        self.wr(0x014, 0);
-        let lo = self.rd(0x010);
-        let offered = u64::from(hi) << 32 | u64::from(lo);
-        self.features = offered & want;
-        self.wr(0x024, 1);
-        self.wr(0x020, (self.features >> 32) as u32);
-        self.wr(0x024, 0);
-        self.wr(0x020, self.features as u32);
+        self.features = self.b.offered_features() & want;
+        self.b.write_driver_features(self.features);
         self.add_status(FEATURES_OK);
         self.status() & FEATURES_OK != 0
     }
@@ -233,18 +188,11 @@ impl Driver {
         assert_eq!(self.rd(0x044), 0, "queue already ready");
         let max = self.rd(0x034);
         assert!(max > 0);
-        self.size = size;
         self.wr(0x038, u32::from(size));
-        for (reg, a) in [(0x080, desc), (0x090, avail), (0x0a0, used)] {
-            self.wr(reg, a as u32);
-            self.wr(reg + 4, (a >> 32) as u32);
-        }
+        self.b.write_queue_rings(desc, avail, used);
         self.wr(0x044, 1);
-        self.avail_idx = 0;
+        self.vq = Vq::new(0, desc, avail, used, size);
         self.kicked_idx = 0;
-        self.last_used = 0;
-        self.free = (0..size).rev().collect();
-        self.chains.clear();
         // The driver's rings start zeroed.
         self.mem
             .write(avail, &vec![0; 6 + 2 * size as usize])
@@ -278,12 +226,7 @@ impl Driver {
     }
 
     fn write_desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..].copy_from_slice(&next.to_le_bytes());
-        self.mem.write(table + 16 * u64::from(i), &b).unwrap();
+        harness::write_desc(&self.mem, table, i, addr, len, flags, next).unwrap();
     }
 
     fn u16_at(&self, a: u64) -> u16 {
@@ -298,54 +241,28 @@ impl Driver {
 
     /// Publishes head `head` in the available ring (virtqueue_add's last step).
     fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % self.size);
-        self.set_u16(AVAIL + 4 + 2 * slot, head);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.set_u16(AVAIL + 2, self.avail_idx);
+        self.vq.publish(&self.b.mem, head);
     }
 
     /// virtqueue_add_split: a chain of (addr, len, device-writable) buffers, direct or
     /// through an indirect table. Returns the head.
     fn submit(&mut self, bufs: &[(u64, u32, bool)], indirect: bool) -> u16 {
-        let flags = |i: usize, w: bool| -> u16 {
-            let mut f = if w { 2 } else { 0 };
-            if i + 1 < bufs.len() {
-                f |= 1;
-            }
-            f
-        };
-        let head;
         if indirect {
             let table = self.indirect_next;
             self.indirect_next += 16 * bufs.len() as u64;
-            for (i, &(a, l, w)) in bufs.iter().enumerate() {
-                self.write_desc(table, i as u16, a, l, flags(i, w), i as u16 + 1);
-            }
-            head = self.free.pop().expect("no free descriptor");
-            self.write_desc(DESC, head, table, 16 * bufs.len() as u32, 4, 0);
-            self.chains.insert(head, vec![head]);
+            self.vq.add_indirect(&self.b.mem, table, bufs)
         } else {
-            let idx: Vec<u16> = (0..bufs.len())
-                .map(|_| self.free.pop().expect("no free descriptor"))
-                .collect();
-            for (i, &(a, l, w)) in bufs.iter().enumerate() {
-                let next = idx.get(i + 1).copied().unwrap_or(0);
-                self.write_desc(DESC, idx[i], a, l, flags(i, w), next);
-            }
-            head = idx[0];
-            self.chains.insert(head, idx);
+            self.vq.add(&self.b.mem, bufs)
         }
-        self.publish(head);
-        head
     }
 
     /// virtqueue_kick: notifies unless the device suppressed it.
     fn kick(&mut self) -> bool {
-        let new = self.avail_idx;
+        let new = self.vq.avail_idx;
         let old = self.kicked_idx;
         self.kicked_idx = new;
         let needed = if self.features & VIRTIO_F_RING_EVENT_IDX != 0 {
-            let avail_event = self.u16_at(USED + 4 + 8 * u64::from(self.size));
+            let avail_event = self.u16_at(USED + 4 + 8 * u64::from(self.vq.size));
             new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
             self.u16_at(USED) & 1 == 0
@@ -358,22 +275,7 @@ impl Driver {
 
     /// virtqueue_get_buf until empty, then re-enable callbacks: (head, len) in used order.
     fn take_used(&mut self) -> Vec<(u32, u32)> {
-        let idx = self.u16_at(USED + 2);
-        let mut out = Vec::new();
-        while self.last_used != idx {
-            let slot = u64::from(self.last_used % self.size);
-            let mut e = [0u8; 8];
-            self.mem.read(USED + 4 + 8 * slot, &mut e).unwrap();
-            let id = u32::from_le_bytes(e[..4].try_into().unwrap());
-            let len = u32::from_le_bytes(e[4..].try_into().unwrap());
-            let chain = self
-                .chains
-                .remove(&(id as u16))
-                .expect("used id not in flight");
-            self.free.extend(chain);
-            out.push((id, len));
-            self.last_used = self.last_used.wrapping_add(1);
-        }
+        let out = self.vq.take_used(&self.b.mem);
         // virtblk_done: virtqueue_enable_cb after draining the ring.
         self.enable_cb();
         out
@@ -388,7 +290,7 @@ impl Driver {
 
     /// virtqueue_enable_cb with EVENT_IDX: interrupt me at the next used buffer.
     fn enable_cb(&self) {
-        self.set_u16(AVAIL + 4 + 2 * u64::from(self.size), self.last_used);
+        self.set_u16(AVAIL + 4 + 2 * u64::from(self.vq.size), self.vq.last_used);
     }
 
     /// A virtio_blk request: header, data out (device-readable), `in_len` bytes in
@@ -459,9 +361,7 @@ impl Driver {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut v = vec![0u8; RAM_SIZE as usize];
-        self.mem.read(RAM, &mut v).unwrap();
-        v
+        self.b.snapshot(RAM_SIZE)
     }
 
     fn needs_reset(&self) -> bool {
@@ -776,7 +676,7 @@ fn scattered_and_indirect_requests() {
                 (y, 1024),
                 (z, 3072),
                 (st, 1),
-                used_ring(d.size),
+                used_ring(d.vq.size),
                 (DESC, 0x1000),
                 (AVAIL, 0x1000),
                 (INDIRECT, 0x1000),
@@ -940,7 +840,12 @@ fn bad_requests_fail_with_ioerr_and_touch_nothing_else() {
         assert_only_changed(
             &before2,
             &d.snapshot(),
-            &[(st, 1), used_ring(d.size), (DESC, 0x1000), (AVAIL, 0x1000)],
+            &[
+                (st, 1),
+                used_ring(d.vq.size),
+                (DESC, 0x1000),
+                (AVAIL, 0x1000),
+            ],
         );
         let _ = before;
     }
@@ -964,7 +869,12 @@ fn bad_requests_fail_with_ioerr_and_touch_nothing_else() {
         assert_only_changed(
             &before,
             &d.snapshot(),
-            &[(st, 1), used_ring(d.size), (DESC, 0x1000), (AVAIL, 0x1000)],
+            &[
+                (st, 1),
+                used_ring(d.vq.size),
+                (DESC, 0x1000),
+                (AVAIL, 0x1000),
+            ],
         );
     }
     // Data into an MMIO hole, data running off the end of RAM, data at a wrapping address;
@@ -994,7 +904,12 @@ fn bad_requests_fail_with_ioerr_and_touch_nothing_else() {
         assert_only_changed(
             &before,
             &d.snapshot(),
-            &[(st, 1), used_ring(d.size), (DESC, 0x1000), (AVAIL, 0x1000)],
+            &[
+                (st, 1),
+                used_ring(d.vq.size),
+                (DESC, 0x1000),
+                (AVAIL, 0x1000),
+            ],
         );
         // OUT from there: nothing reaches the disk.
         let hdr = d.header(VIRTIO_BLK_T_OUT, 0);
@@ -1063,8 +978,8 @@ fn direct_descriptors_then_an_indirect_one() {
     d.write_desc(table, 1, st, 1, 2, 0);
     d.write_desc(DESC, 0, hdr, 16, 1, 1);
     d.write_desc(DESC, 1, table, 32, 4 | 2, 0); // WRITE on the pointer is ignored
-    d.free.retain(|&i| i > 1);
-    d.chains.insert(0, vec![0, 1]);
+    d.vq.free.retain(|&i| i > 1);
+    d.vq.chains.insert(0, vec![0, 1]);
     d.publish(0);
     d.kick();
     assert_eq!(d.take_used(), vec![(0, 1025)]);
@@ -1112,7 +1027,7 @@ fn event_idx_suppresses_used_notifications() {
     d.interrupt();
     d.take_used();
     // used_event = 3: no interrupt until used.idx reaches 4.
-    d.set_u16(AVAIL + 4 + 2 * u64::from(d.size), 3);
+    d.set_u16(AVAIL + 4 + 2 * u64::from(d.vq.size), 3);
     flush(&mut d);
     flush(&mut d);
     assert!(!d.irq.level(), "used.idx 3 has not passed used_event 3");
@@ -1123,7 +1038,7 @@ fn event_idx_suppresses_used_notifications() {
     assert_eq!(d.take_used().len(), 3);
     assert_eq!(d.irq.rises(), 2);
     // The device publishes where it wants the next kick: avail_event = its next index.
-    assert_eq!(d.u16_at(USED + 4 + 8 * u64::from(d.size)), 4);
+    assert_eq!(d.u16_at(USED + 4 + 8 * u64::from(d.vq.size)), 4);
     assert_eq!(d.u16_at(USED), 0, "used.flags stays 0");
 }
 
@@ -1687,9 +1602,9 @@ fn raw_file_disk_keeps_data_across_a_clean_stop() {
         );
         assert_eq!(blk.capacity(), 512);
         let mut d = Driver::new(BlockConfig::default());
-        d.mem = mem.clone();
-        d.irq = irq.clone();
-        d.dev = Arc::new(Mutex::new(VirtioMmio::new(
+        d.b.mem = mem.clone();
+        d.b.irq = irq.clone();
+        d.b.dev = Arc::new(Mutex::new(VirtioMmio::new(
             blk,
             mem,
             irq as Arc<dyn IrqLine>,
@@ -1736,8 +1651,8 @@ fn through_the_bus_and_the_plic() {
     assert_eq!(bus.read(base, 4), Some(0x7472_6976));
     // Drive it with the fake driver, whose registers go to the same device.
     let mut d = Driver::with_disk(BlockConfig::default(), disk);
-    d.mem = mem;
-    d.dev = dev;
+    d.b.mem = mem;
+    d.b.dev = dev;
     d.init();
     let hdr = d.header(VIRTIO_BLK_T_IN, 1);
     let data = d.alloc(512);
@@ -1770,18 +1685,18 @@ fn pseudo_random_virtio_blk_queue() {
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let s = fuzzing::run(&data);
         for (t, c) in total.iter_mut().zip([
-            &s.ops,
-            &s.live,
-            &s.status_ok,
-            &s.status_ioerr,
-            &s.status_unsupp,
-            &s.needs_reset,
-            &s.interrupts,
-            &s.memory_checks,
-            &s.data_verified,
-            &s.indirect,
+            s.ops,
+            s.cov.live,
+            s.status_ok,
+            s.status_ioerr,
+            s.status_unsupp,
+            s.cov.needs_reset,
+            s.cov.interrupts,
+            s.cov.memory_checks,
+            s.data_verified,
+            s.indirect,
         ]) {
-            *t += c.get();
+            *t += c;
         }
     }
     eprintln!("ops, live, ok, ioerr, unsupp, needs_reset, interrupts, memory checks, verified, indirect: {total:?}");

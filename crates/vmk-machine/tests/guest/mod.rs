@@ -1,62 +1,16 @@
-//! Tiny RISC-V guests for machine tests: an RV64 encoder for the handful of instructions the
-//! tests need, a one-pass assembler with labels, a small runtime (console output through the
-//! SBI) and an ELF64 writer the machine's loader accepts.
-//!
-//! Encodings are cross-checked against `riscv64-unknown-elf-as` by
-//! `hostile::encoder_matches_gnu_as`.
+//! Tiny RISC-V guests for machine tests: a one-pass assembler with labels on top of
+//! `vmk_testkit::rv64` (the encoder, re-exported here; checked against GNU as there), a
+//! small runtime (console output through the SBI) and an ELF64 writer the machine's loader
+//! accepts.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 
+pub use vmk_testkit::rv64::*;
+
 /// Where the loader puts an ELF kernel: RAM base + 2 MiB. Guests are linked there.
 pub const BASE: u64 = 0x8020_0000;
-
-pub const ZERO: u8 = 0;
-pub const RA: u8 = 1;
-pub const SP: u8 = 2;
-pub const T0: u8 = 5;
-pub const T1: u8 = 6;
-pub const T2: u8 = 7;
-pub const S0: u8 = 8;
-pub const S1: u8 = 9;
-pub const A0: u8 = 10;
-pub const A1: u8 = 11;
-pub const A2: u8 = 12;
-pub const A3: u8 = 13;
-pub const A4: u8 = 14;
-pub const A5: u8 = 15;
-pub const A6: u8 = 16;
-pub const A7: u8 = 17;
-pub const S2: u8 = 18;
-pub const S3: u8 = 19;
-pub const S4: u8 = 20;
-pub const S5: u8 = 21;
-pub const S6: u8 = 22;
-pub const S7: u8 = 23;
-pub const S8: u8 = 24;
-pub const S9: u8 = 25;
-pub const S10: u8 = 26;
-pub const S11: u8 = 27;
-pub const T3: u8 = 28;
-pub const T4: u8 = 29;
-pub const T5: u8 = 30;
-pub const T6: u8 = 31;
-
-pub mod csr {
-    pub const SSTATUS: u16 = 0x100;
-    pub const SIE: u16 = 0x104;
-    pub const STVEC: u16 = 0x105;
-    pub const SSCRATCH: u16 = 0x140;
-    pub const SEPC: u16 = 0x141;
-    pub const SCAUSE: u16 = 0x142;
-    pub const STVAL: u16 = 0x143;
-    pub const SIP: u16 = 0x144;
-    pub const SATP: u16 = 0x180;
-    pub const MSTATUS: u16 = 0x300;
-    pub const MEDELEG: u16 = 0x302;
-    pub const MHARTID: u16 = 0xf14;
-}
 
 /// SBI extension IDs.
 pub mod sbi {
@@ -70,187 +24,8 @@ pub mod sbi {
     pub const DBCN: u64 = 0x4442_434e;
 }
 
-// ---- Raw encoders (RV64I + Zicsr + privileged) -------------------------------------------
-
-fn reg(r: u8) -> u32 {
-    assert!(r < 32, "register x{r}");
-    r as u32
-}
-
-pub fn enc_r(f7: u32, rs2: u8, rs1: u8, f3: u32, rd: u8, op: u32) -> u32 {
-    (f7 << 25) | (reg(rs2) << 20) | (reg(rs1) << 15) | (f3 << 12) | (reg(rd) << 7) | op
-}
-
-pub fn enc_i(imm: i64, rs1: u8, f3: u32, rd: u8, op: u32) -> u32 {
-    assert!(
-        (-2048..2048).contains(&imm),
-        "I-immediate {imm} out of range"
-    );
-    (((imm as u32) & 0xfff) << 20) | (reg(rs1) << 15) | (f3 << 12) | (reg(rd) << 7) | op
-}
-
-pub fn enc_s(imm: i64, rs2: u8, rs1: u8, f3: u32, op: u32) -> u32 {
-    assert!(
-        (-2048..2048).contains(&imm),
-        "S-immediate {imm} out of range"
-    );
-    let i = imm as u32;
-    (((i >> 5) & 0x7f) << 25)
-        | (reg(rs2) << 20)
-        | (reg(rs1) << 15)
-        | (f3 << 12)
-        | ((i & 0x1f) << 7)
-        | op
-}
-
-pub fn enc_b(off: i64, rs2: u8, rs1: u8, f3: u32) -> u32 {
-    assert!(
-        (-4096..4096).contains(&off) && off % 2 == 0,
-        "branch offset {off} out of range"
-    );
-    let i = off as u32;
-    (((i >> 12) & 1) << 31)
-        | (((i >> 5) & 0x3f) << 25)
-        | (reg(rs2) << 20)
-        | (reg(rs1) << 15)
-        | (f3 << 12)
-        | (((i >> 1) & 0xf) << 8)
-        | (((i >> 11) & 1) << 7)
-        | 0x63
-}
-
-pub fn enc_u(imm20: u32, rd: u8, op: u32) -> u32 {
-    assert!(imm20 < (1 << 20));
-    (imm20 << 12) | (reg(rd) << 7) | op
-}
-
-pub fn enc_j(off: i64, rd: u8) -> u32 {
-    assert!(
-        (-(1 << 20)..(1 << 20)).contains(&off) && off % 2 == 0,
-        "jal offset {off} out of range"
-    );
-    let i = off as u32;
-    (((i >> 20) & 1) << 31)
-        | (((i >> 1) & 0x3ff) << 21)
-        | (((i >> 11) & 1) << 20)
-        | (((i >> 12) & 0xff) << 12)
-        | (reg(rd) << 7)
-        | 0x6f
-}
-
-pub fn addi(rd: u8, rs1: u8, imm: i64) -> u32 {
-    enc_i(imm, rs1, 0, rd, 0x13)
-}
-pub fn addiw(rd: u8, rs1: u8, imm: i64) -> u32 {
-    enc_i(imm, rs1, 0, rd, 0x1b)
-}
-pub fn andi(rd: u8, rs1: u8, imm: i64) -> u32 {
-    enc_i(imm, rs1, 7, rd, 0x13)
-}
-pub fn ori(rd: u8, rs1: u8, imm: i64) -> u32 {
-    enc_i(imm, rs1, 6, rd, 0x13)
-}
-pub fn slli(rd: u8, rs1: u8, sh: u32) -> u32 {
-    assert!(sh < 64);
-    enc_i(sh as i64, rs1, 1, rd, 0x13)
-}
-pub fn srli(rd: u8, rs1: u8, sh: u32) -> u32 {
-    assert!(sh < 64);
-    enc_i(sh as i64, rs1, 5, rd, 0x13)
-}
-pub fn add(rd: u8, rs1: u8, rs2: u8) -> u32 {
-    enc_r(0, rs2, rs1, 0, rd, 0x33)
-}
-pub fn sub(rd: u8, rs1: u8, rs2: u8) -> u32 {
-    enc_r(0x20, rs2, rs1, 0, rd, 0x33)
-}
-pub fn srl(rd: u8, rs1: u8, rs2: u8) -> u32 {
-    enc_r(0, rs2, rs1, 5, rd, 0x33)
-}
-pub fn and(rd: u8, rs1: u8, rs2: u8) -> u32 {
-    enc_r(0, rs2, rs1, 7, rd, 0x33)
-}
-pub fn or(rd: u8, rs1: u8, rs2: u8) -> u32 {
-    enc_r(0, rs2, rs1, 6, rd, 0x33)
-}
-pub fn lui(rd: u8, imm20: u32) -> u32 {
-    enc_u(imm20, rd, 0x37)
-}
-pub fn auipc(rd: u8, imm20: u32) -> u32 {
-    enc_u(imm20, rd, 0x17)
-}
-pub fn lb(rd: u8, rs1: u8, off: i64) -> u32 {
-    enc_i(off, rs1, 0, rd, 0x03)
-}
-pub fn lw(rd: u8, rs1: u8, off: i64) -> u32 {
-    enc_i(off, rs1, 2, rd, 0x03)
-}
-pub fn ld(rd: u8, rs1: u8, off: i64) -> u32 {
-    enc_i(off, rs1, 3, rd, 0x03)
-}
-pub fn lbu(rd: u8, rs1: u8, off: i64) -> u32 {
-    enc_i(off, rs1, 4, rd, 0x03)
-}
-pub fn lwu(rd: u8, rs1: u8, off: i64) -> u32 {
-    enc_i(off, rs1, 6, rd, 0x03)
-}
-pub fn sb(rs2: u8, rs1: u8, off: i64) -> u32 {
-    enc_s(off, rs2, rs1, 0, 0x23)
-}
-pub fn sw(rs2: u8, rs1: u8, off: i64) -> u32 {
-    enc_s(off, rs2, rs1, 2, 0x23)
-}
-pub fn sd(rs2: u8, rs1: u8, off: i64) -> u32 {
-    enc_s(off, rs2, rs1, 3, 0x23)
-}
-pub fn jalr(rd: u8, rs1: u8, off: i64) -> u32 {
-    enc_i(off, rs1, 0, rd, 0x67)
-}
-pub fn csrrw(rd: u8, csr: u16, rs1: u8) -> u32 {
-    enc_r(0, 0, rs1, 1, rd, 0x73) | ((csr as u32) << 20)
-}
-pub fn csrrs(rd: u8, csr: u16, rs1: u8) -> u32 {
-    enc_r(0, 0, rs1, 2, rd, 0x73) | ((csr as u32) << 20)
-}
-pub fn csrrc(rd: u8, csr: u16, rs1: u8) -> u32 {
-    enc_r(0, 0, rs1, 3, rd, 0x73) | ((csr as u32) << 20)
-}
-pub fn csrrsi(rd: u8, csr: u16, uimm: u8) -> u32 {
-    assert!(uimm < 32);
-    enc_r(0, 0, uimm, 6, rd, 0x73) | ((csr as u32) << 20)
-}
-pub fn csrrci(rd: u8, csr: u16, uimm: u8) -> u32 {
-    assert!(uimm < 32);
-    enc_r(0, 0, uimm, 7, rd, 0x73) | ((csr as u32) << 20)
-}
-pub const ECALL: u32 = 0x0000_0073;
-pub const SRET: u32 = 0x1020_0073;
-pub const MRET: u32 = 0x3020_0073;
-pub const WFI: u32 = 0x1050_0073;
-pub const FENCE_I: u32 = 0x0000_100f;
-pub const NOP: u32 = 0x0000_0013;
-
-/// Branch conditions (funct3).
-#[derive(Clone, Copy, Debug)]
-pub enum Cond {
-    Eq = 0,
-    Ne = 1,
-    Lt = 4,
-    Ge = 5,
-    Ltu = 6,
-    Geu = 7,
-}
-
-pub fn branch(c: Cond, rs1: u8, rs2: u8, off: i64) -> u32 {
-    enc_b(off, rs2, rs1, c as u32)
-}
-
-pub fn jal(rd: u8, off: i64) -> u32 {
-    enc_j(off, rd)
-}
-
 /// The instruction sequence `li rd, v` expands to (lui/addiw, then shifts and addis).
-pub fn li_seq(rd: u8, v: i64) -> Vec<u32> {
+pub fn li_seq(rd: u32, v: i64) -> Vec<u32> {
     let mut out = Vec::new();
     li_into(&mut out, rd, v);
     out
@@ -260,12 +35,12 @@ fn sext12(v: i64) -> i64 {
     ((v & 0xfff) << 52) >> 52
 }
 
-fn li_into(out: &mut Vec<u32>, rd: u8, v: i64) {
+fn li_into(out: &mut Vec<u32>, rd: u32, v: i64) {
     if (-2048..2048).contains(&v) {
         out.push(addi(rd, ZERO, v));
     } else if (i32::MIN as i64..=i32::MAX as i64).contains(&v) {
         let lo = sext12(v);
-        let hi = ((v - lo) >> 12) as u32 & 0xfffff;
+        let hi = ((v - lo) >> 12) & 0xfffff;
         out.push(lui(rd, hi));
         if lo != 0 {
             out.push(addiw(rd, rd, lo));
@@ -286,10 +61,10 @@ fn li_into(out: &mut Vec<u32>, rd: u8, v: i64) {
 // ---- Assembler -------------------------------------------------------------------------------
 
 enum Fixup {
-    Branch(Cond, u8, u8),
-    Jal(u8),
+    Branch(Cond, u32, u32),
+    Jal(u32),
     /// auipc + addi pair loading the label's address.
-    La(u8),
+    La(u32),
 }
 
 /// Assembles code at [`BASE`], then a data area of strings and words.
@@ -383,42 +158,42 @@ impl Asm {
         self.emit(w)
     }
 
-    pub fn li(&mut self, rd: u8, v: u64) -> &mut Self {
+    pub fn li(&mut self, rd: u32, v: u64) -> &mut Self {
         let seq = li_seq(rd, v as i64);
         self.emit_all(&seq)
     }
 
-    pub fn mv(&mut self, rd: u8, rs: u8) -> &mut Self {
+    pub fn mv(&mut self, rd: u32, rs: u32) -> &mut Self {
         self.emit(addi(rd, rs, 0))
     }
 
-    pub fn la(&mut self, rd: u8, label: &str) -> &mut Self {
+    pub fn la(&mut self, rd: u32, label: &str) -> &mut Self {
         self.fixups
             .push((self.code.len(), label.to_string(), Fixup::La(rd)));
-        self.emit(NOP).emit(NOP)
+        self.emit(nop()).emit(nop())
     }
 
-    pub fn b(&mut self, c: Cond, rs1: u8, rs2: u8, label: &str) -> &mut Self {
+    pub fn b(&mut self, c: Cond, rs1: u32, rs2: u32, label: &str) -> &mut Self {
         self.fixups.push((
             self.code.len(),
             label.to_string(),
             Fixup::Branch(c, rs1, rs2),
         ));
-        self.emit(NOP)
+        self.emit(nop())
     }
 
-    pub fn beqz(&mut self, rs: u8, label: &str) -> &mut Self {
+    pub fn beqz(&mut self, rs: u32, label: &str) -> &mut Self {
         self.b(Cond::Eq, rs, ZERO, label)
     }
 
-    pub fn bnez(&mut self, rs: u8, label: &str) -> &mut Self {
+    pub fn bnez(&mut self, rs: u32, label: &str) -> &mut Self {
         self.b(Cond::Ne, rs, ZERO, label)
     }
 
-    pub fn jal(&mut self, rd: u8, label: &str) -> &mut Self {
+    pub fn jal(&mut self, rd: u32, label: &str) -> &mut Self {
         self.fixups
             .push((self.code.len(), label.to_string(), Fixup::Jal(rd)));
-        self.emit(NOP)
+        self.emit(nop())
     }
 
     pub fn j(&mut self, label: &str) -> &mut Self {
@@ -438,11 +213,11 @@ impl Asm {
         self.emit(jal(ZERO, 0))
     }
 
-    pub fn csrw(&mut self, csr: u16, rs: u8) -> &mut Self {
+    pub fn csrw(&mut self, csr: u32, rs: u32) -> &mut Self {
         self.emit(csrrw(ZERO, csr, rs))
     }
 
-    pub fn csrr(&mut self, rd: u8, csr: u16) -> &mut Self {
+    pub fn csrr(&mut self, rd: u32, csr: u32) -> &mut Self {
         self.emit(csrrs(rd, csr, ZERO))
     }
 
@@ -466,9 +241,9 @@ impl Asm {
     pub fn sbi(&mut self, eid: u64, fid: u64, args: &[u64]) -> &mut Self {
         assert!(args.len() <= 6);
         for (i, v) in args.iter().enumerate() {
-            self.li(A0 + i as u8, *v);
+            self.li(A0 + i as u32, *v);
         }
-        self.li(A6, fid).li(A7, eid).emit(ECALL)
+        self.li(A6, fid).li(A7, eid).emit(ecall())
     }
 
     /// Prints `s` with the legacy putchar call, byte by byte (clobbers t0, a0, a7, ra).
@@ -485,16 +260,16 @@ impl Asm {
             .li(A2, 0)
             .li(A6, 0)
             .li(A7, sbi::DBCN)
-            .emit(ECALL)
+            .emit(ecall())
     }
 
     /// Prints register `r` as 16 hex digits (clobbers t0-t3, a0, a7, ra).
-    pub fn print_hex(&mut self, r: u8) -> &mut Self {
+    pub fn print_hex(&mut self, r: u32) -> &mut Self {
         self.mv(A0, r).call("puthex")
     }
 
     /// Prints `name=<hex of r>\n`.
-    pub fn report(&mut self, name: &str, r: u8) -> &mut Self {
+    pub fn report(&mut self, name: &str, r: u32) -> &mut Self {
         self.print(&format!("{name}=")).print_hex(r).print("\n")
     }
 
@@ -509,7 +284,7 @@ impl Asm {
         let (lp, done) = (self.anon(), self.anon());
         self.label("puts").mv(T0, A0).label(&lp);
         self.emit(lbu(A0, T0, 0)).beqz(A0, &done);
-        self.li(A7, sbi::LEGACY_PUTCHAR).emit(ECALL);
+        self.li(A7, sbi::LEGACY_PUTCHAR).emit(ecall());
         self.emit(addi(T0, T0, 1)).j(&lp).label(&done).ret();
         // puthex: a0 = value, 16 hex digits.
         let (lp, digit) = (self.anon(), self.anon());
@@ -518,7 +293,7 @@ impl Asm {
         self.b(Cond::Lt, T2, T3, &digit)
             .emit(addi(T2, T2, (b'a' - b'0' - 10) as i64));
         self.label(&digit).emit(addi(A0, T2, b'0' as i64));
-        self.li(A7, sbi::LEGACY_PUTCHAR).emit(ECALL);
+        self.li(A7, sbi::LEGACY_PUTCHAR).emit(ecall());
         self.emit(addi(T1, T1, -4)).b(Cond::Ge, T1, ZERO, &lp).ret();
         self
     }
@@ -526,7 +301,7 @@ impl Asm {
     /// Lays out the data area and resolves labels.
     pub fn finish(mut self) -> Program {
         while self.code.len() & 7 != 0 {
-            self.emit(NOP);
+            self.emit(nop());
         }
         for (label, bytes) in std::mem::take(&mut self.data) {
             while self.code.len() & 7 != 0 {
@@ -553,7 +328,7 @@ impl Asm {
                 Fixup::Jal(rd) => put(&mut self.code, at, jal(rd, off)),
                 Fixup::La(rd) => {
                     let lo = sext12(off);
-                    let hi = (((off - lo) >> 12) as u32) & 0xfffff;
+                    let hi = ((off - lo) >> 12) & 0xfffff;
                     put(&mut self.code, at, auipc(rd, hi));
                     put(&mut self.code, at + 4, addi(rd, rd, lo));
                 }
