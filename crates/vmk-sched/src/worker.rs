@@ -258,7 +258,7 @@ fn worker(w: Weak<Inner>, cpu: usize, id: u32, pin: bool) {
     if pin {
         if let Err(e) = pin_to(id) {
             // Still useful unpinned (a cpuset that excludes the CPU, a container).
-            eprintln!("vmk scheduler: cannot pin the worker of CPU {id}: {e}; it runs unpinned");
+            tracing::warn!("cannot pin the scheduler's worker of CPU {id}: {e}; it runs unpinned");
         }
     }
     loop {
