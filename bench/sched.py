@@ -13,6 +13,8 @@ Scenarios:
 - wake-up latency: a guest that sleeps 1 ms on the SBI timer 2000 times, next to a busy VM
   on the same CPU; mean and max lateness of the wake-ups as the guest measures them (its
   `time` CSR, 100 ns ticks).
+- idle: 100 idle 1-vCPU VMs whose guests tick at 100 Hz (SBI timer + WFI); the host
+  process's CPU use once they are idle, in % of one CPU.
 """
 
 import argparse
@@ -133,6 +135,24 @@ def print_hex(a, reg):
     a.emit((T6 << 20) | (T0 << 15) | 0x23)  # sb t6, 0(t0)
     a.addi(T5, T5, -4)
     a.b(5, T5, ZERO, top)  # bge t5, zero, top
+
+
+def tick_kernel(period_ticks):
+    """An idle guest with a periodic tick (as a Linux guest with HZ=100 and no NO_HZ):
+    sleeps `period_ticks` on the SBI timer, for ever."""
+    a = Asm()
+    a.li(T3, 0x20)
+    a.csrs(0x104, T3)  # sie.STIE
+    loop = a.here()
+    a.csrr(A0, 0xC01)
+    a.li(T3, period_ticks)
+    a.r(0, T3, A0, 0, A0)
+    a.li(A7, 0x5449_4D45)
+    a.li(A6, 0)
+    a.emit(0x0000_0073)  # ecall: set_timer
+    a.emit(0x1050_0073)  # wfi
+    a.j(loop)
+    return a.finish()
 
 
 def timer_kernel(rounds, period_ticks):
@@ -278,9 +298,9 @@ class Host:
     def json(self, args):
         return json.loads(self.vmk(args))
 
-    def vm(self, name, kernel, resources=""):
+    def vm(self, name, kernel, resources="", memory="64M"):
         f = self.dir / f"{name}.toml"
-        f.write_text(f'name = "{name}"\ncpus = 1\nmemory = "64M"\n[boot]\nkernel = "{kernel}"\n'
+        f.write_text(f'name = "{name}"\ncpus = 1\nmemory = "{memory}"\n[boot]\nkernel = "{kernel}"\n'
                      f"[resources]\n{resources}\n")
         self.vmk(["vm", "create", str(f)])
         self.vmk(["vm", "start", name])
@@ -370,6 +390,25 @@ def scenario_overcommit(host, kernel, secs):
     return sum(u[n][1] for n in names) / wall / 1e6
 
 
+def process_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scenario_idle(host, kernel, count, secs):
+    """`count` idle VMs with a 100 Hz tick: the host's CPU use once they are idle."""
+    names = [f"idle{i}" for i in range(count)]
+    for n in names:
+        host.vm(n, kernel, memory="16M")
+    time.sleep(3)
+    c0, t0 = process_cpu(host.proc.pid), time.monotonic()
+    time.sleep(secs)
+    frac = (process_cpu(host.proc.pid) - c0) / (time.monotonic() - t0)
+    host.poweroff(*names)
+    return frac
+
+
 def scenario_latency(host, busy, timer):
     host.vm("spin", busy, "cpu_affinity = [0]")
     host.vm("tick", timer, "cpu_affinity = [0]")
@@ -396,6 +435,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--secs", type=float, default=6, help="length of each measuring window")
     ap.add_argument("--wait-idle", type=float, default=60)
+    ap.add_argument("--idle-vms", type=int, default=100, help="VMs of the idle scenario")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/sched.sh needs root (cgroups for the baseline)")
@@ -407,6 +447,8 @@ def main():
     busy_k.write_bytes(busy_kernel())
     timer_k = work / "timer.Image"
     timer_k.write_bytes(timer_kernel(ROUNDS, 10_000))
+    tick_k = work / "tick.Image"
+    tick_k.write_bytes(tick_kernel(100_000))
     rows = {}
     for mode in ("vmk", "threads"):
         host = Host(work, mode)
@@ -419,6 +461,7 @@ def main():
             r["limit_err"], r["limit_frac"] = scenario_limit(host, mode, cg, busy_k, args.secs)
             r["mips"] = scenario_overcommit(host, busy_k, args.secs)
             r["lat_mean"], r["lat_max"] = scenario_latency(host, busy_k, timer_k)
+            r["idle"] = scenario_idle(host, tick_k, args.idle_vms, args.secs)
             rows[mode] = r
         finally:
             host.stop()
@@ -436,6 +479,8 @@ def main():
           f"(ratio {v['mips'] / t['mips']:.2f})")
     print(f"{'timer wake-up lateness, mean us':34} {v['lat_mean']:14.1f} {t['lat_mean']:16.1f}")
     print(f"{'timer wake-up lateness, max us':34} {v['lat_max']:14.1f} {t['lat_max']:16.1f}")
+    print(f"{f'host CPU, {args.idle_vms} idle VMs (100 Hz tick)':34} {v['idle'] * 100:13.1f}% {t['idle'] * 100:15.1f}%"
+          "   (% of one CPU)")
 
 
 if __name__ == "__main__":
