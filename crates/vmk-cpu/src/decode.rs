@@ -4,6 +4,9 @@
 
 use crate::fpu::FpOp;
 
+/// `pause` (Zihintpause): FENCE with fm = 0, pred = W, succ = 0, rd = rs1 = 0.
+pub const PAUSE_INSN: u32 = 0x0100_000f;
+
 /// Integer register slot that absorbs writes to x0, so that ops need no `rd != 0` test.
 pub const X_SINK: u8 = 32;
 
@@ -78,6 +81,8 @@ pub enum K {
     Remw,
     Remuw,
     Fence,
+    /// The Zihintpause PAUSE hint (a FENCE with pred = W, succ = 0).
+    Pause,
     FenceI,
     Ecall,
     Ebreak,
@@ -194,6 +199,7 @@ impl Op {
                 | K::Jal
                 | K::Jalr
                 | K::FenceI
+                | K::Pause
                 | K::Ecall
                 | K::Ebreak
                 | K::Mret
@@ -416,6 +422,7 @@ fn decode32_inner(i: u32) -> Op {
             // FENCE (incl. FENCE.TSO and PAUSE hints): vCPUs run on a TSO host and every guest
             // access is a host access in program order, so no host fence is needed beyond the
             // one the AMO path issues.
+            0 if i == PAUSE_INSN => Op::new(K::Pause),
             0 => Op::new(K::Fence),
             1 => Op::new(K::FenceI),
             _ => ill,

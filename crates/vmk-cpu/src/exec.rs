@@ -459,6 +459,17 @@ impl Hart {
                     };
                 }
                 K::Fence => {}
+                K::Pause => {
+                    // A hint: a spin-wait. After enough of them in one run, let the
+                    // hypervisor run someone else (the vCPU that holds the lock).
+                    self.leave_after(vpc, blk, i);
+                    self.pauses += 1;
+                    if self.pauses >= crate::PAUSE_YIELD {
+                        self.pauses = 0;
+                        return Some(Exit::Yield);
+                    }
+                    return None;
+                }
                 K::Flw | K::Fld | K::Fsw | K::Fsd => {
                     if self.fs_off() {
                         return self.illegal(vpc, blk, i);

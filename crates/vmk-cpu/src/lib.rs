@@ -118,6 +118,10 @@ pub enum Exit {
     BudgetExhausted,
     /// [`HartHandle::kick`] was called.
     Kicked,
+    /// The guest spins: it executed [`PAUSE_YIELD`] PAUSE hints in this `run` call (a
+    /// spin-wait loop, e.g. on a lock another vCPU holds). The hart has moved past the
+    /// PAUSE; the hypervisor may run another vCPU first (as pause-loop exiting does).
+    Yield,
     /// The hart took an interrupt whose cause is in [`HartConfig::exit_on_interrupt`]; the
     /// guest is now at its trap handler.
     Interrupt { cause: u64 },
@@ -506,7 +510,15 @@ pub struct Hart {
     pmpaddr: [u64; 64],
     fflags: u64,
     frm: u64,
+    /// PAUSE hints executed in this `run` call (see [`Exit::Yield`]).
+    pauses: u32,
 }
+
+/// PAUSE hints (Zihintpause) a `run` call executes before it returns [`Exit::Yield`]: a
+/// spin-wait loop (Linux's cpu_relax) runs a few instructions per PAUSE, so this is a few
+/// microseconds of spinning, past the short waits that end by themselves (as x86's
+/// pause-loop exiting window).
+pub const PAUSE_YIELD: u32 = 256;
 
 impl Hart {
     /// Creates a hart at reset over `mem`: pc 0, all registers zero, in `cfg.start_mode`.
@@ -564,6 +576,7 @@ impl Hart {
             pmpaddr: [0; 64],
             fflags: 0,
             frm: 0,
+            pauses: 0,
         };
         h.cache.jit_enabled = h.cfg.jit;
         // The TLBs, the jump cache and the signal are boxed: these pointers stay valid when
@@ -673,6 +686,7 @@ impl Hart {
         self.shared.signal.enter_run();
         self.sync_memory_generation();
         self.budget_end = self.instret.saturating_add(budget);
+        self.pauses = 0;
         self.local_attention = true;
         let exit = self.run_loop();
         self.shared.signal.exit_run();

@@ -2395,3 +2395,24 @@ fn time_csr_uses_the_configured_source() {
     vm.run_ok();
     assert_eq!(vm.x(A0), 0x1234_5678_9abc);
 }
+
+/// PAUSE (Zihintpause) is a spin-wait hint: a loop of them leaves `run` with
+/// `Exit::Yield` after `PAUSE_YIELD` of them, past the PAUSE, registers as they were; a
+/// FENCE that is not PAUSE does not count.
+#[test]
+fn a_pause_loop_yields() {
+    const PAUSE: u32 = 0x0100_000f; // fence w, 0
+    const FENCE_RW_RW: u32 = 0x0330_000f;
+    let mut vm = Vm::new();
+    vm.code32(&[addi(A2, A2, 1), PAUSE, jal(ZERO, -8)]);
+    assert_eq!(vm.hart.run(1_000_000), Exit::Yield);
+    assert_eq!(vm.hart.reg(A2 as usize), vmk_cpu::PAUSE_YIELD as u64);
+    // Past the PAUSE: the next run goes on with the jump.
+    assert_eq!(vm.hart.pc(), CODE + 8);
+    assert_eq!(vm.hart.run(1_000_000), Exit::Yield);
+    assert_eq!(vm.hart.reg(A2 as usize), 2 * vmk_cpu::PAUSE_YIELD as u64);
+
+    let mut vm = Vm::new();
+    vm.code32(&[addi(A2, A2, 1), FENCE_RW_RW, jal(ZERO, -8)]);
+    assert_eq!(vm.hart.run(100_000), Exit::BudgetExhausted);
+}

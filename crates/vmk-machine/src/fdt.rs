@@ -17,8 +17,19 @@ pub struct FdtConfig {
 }
 
 /// Extensions the vCPU implements, exactly (see vmk-cpu).
-pub const ISA_EXTENSIONS: &[&str] = &["i", "m", "a", "f", "d", "c", "zicntr", "zicsr", "zifencei"];
-pub const ISA_STRING: &str = "rv64imafdc_zicntr_zicsr_zifencei";
+pub const ISA_EXTENSIONS: &[&str] = &[
+    "i",
+    "m",
+    "a",
+    "f",
+    "d",
+    "c",
+    "zicntr",
+    "zicsr",
+    "zifencei",
+    "zihintpause",
+];
+pub const ISA_STRING: &str = "rv64imafdc_zicntr_zicsr_zifencei_zihintpause";
 
 const PHANDLE_PLIC: u32 = 1;
 fn intc_phandle(cpu: u32) -> u32 {

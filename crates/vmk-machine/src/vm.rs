@@ -1053,6 +1053,9 @@ impl VcpuTask {
                     }
                 }
                 Exit::BudgetExhausted | Exit::Kicked | Exit::Interrupt { .. } => {}
+                // The guest spins on something another vCPU must do: end the slice, so
+                // the scheduler can run that vCPU (the laggard goes first) or another VM.
+                Exit::Yield => return Yield::Ready,
                 Exit::Fatal(e) => {
                     s.finish(VmOutcome::Crashed(format!("vCPU {id}: {e}")));
                     return Yield::Done;

@@ -516,7 +516,7 @@ pub fn run_hart(machine: &Machine, hart: &mut Hart, limits: Limits) -> Result<Ha
                     continue;
                 }
             }
-            Exit::BudgetExhausted | Exit::Kicked | Exit::Interrupt { .. } => {}
+            Exit::BudgetExhausted | Exit::Kicked | Exit::Interrupt { .. } | Exit::Yield => {}
             Exit::Ecall => {
                 return Err(format!(
                     "hart {id}: unexpected SBI ecall exit at pc {:#x}",
