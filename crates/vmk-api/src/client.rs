@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::model::{
-    validate_name, HostError, HostInfo, HostMetrics, StopRequest, VmDefinition, VmInfo, VmMetrics,
-    CONSOLE_PROTOCOL,
+    validate_name, HostError, HostInfo, HostMetrics, PowerPolicy, PowerRequest, StopRequest,
+    VmDefinition, VmInfo, VmMetrics, CONSOLE_PROTOCOL,
 };
 use crate::network::{
     check_ifname, NetworkInfo, PortGroupDef, PortGroupInfo, PortGroupUpdate, UplinkSpec,
@@ -444,6 +444,13 @@ impl Client {
 
     pub fn host_info(&self) -> Result<HostInfo, ClientError> {
         self.call("GET", "/v1/host", None)
+    }
+
+    /// Sets the host's power policy; the answer's `cpu` says what it did.
+    pub fn set_power_policy(&self, policy: PowerPolicy) -> Result<HostInfo, ClientError> {
+        let body = serde_json::to_vec(&PowerRequest { policy })
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+        self.call("PUT", "/v1/host/power", Some(&body))
     }
 
     pub fn list(&self) -> Result<Vec<VmInfo>, ClientError> {

@@ -326,6 +326,46 @@ pub struct CpuConfig {
     /// are not applied).
     #[serde(default)]
     pub scheduler: SchedulerKind,
+    /// The power policy at start (`PUT /v1/host/power` changes it).
+    #[serde(default)]
+    pub power: PowerPolicy,
+}
+
+/// The host's power policy (ESX's): it sets the Linux cpufreq governor of the CPUs vmk
+/// uses where the host lets it, and low-power packs vCPUs onto fewer CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerPolicy {
+    HighPerformance,
+    #[default]
+    Balanced,
+    LowPower,
+}
+
+impl PowerPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            PowerPolicy::HighPerformance => "high-performance",
+            PowerPolicy::Balanced => "balanced",
+            PowerPolicy::LowPower => "low-power",
+        }
+    }
+
+    /// The cpufreq governor it sets.
+    pub fn governor(self) -> &'static str {
+        match self {
+            PowerPolicy::HighPerformance => "performance",
+            PowerPolicy::Balanced => "schedutil",
+            PowerPolicy::LowPower => "powersave",
+        }
+    }
+}
+
+/// `PUT /v1/host/power`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    pub policy: PowerPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -496,6 +536,10 @@ pub struct CpuInfo {
     pub cores: u32,
     pub threads_per_core: u32,
     pub numa_nodes: u32,
+    /// The power policy in force, and what it did to the host (the cpufreq governor it
+    /// set, or why it could not).
+    pub power_policy: String,
+    pub power_note: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

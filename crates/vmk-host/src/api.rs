@@ -504,6 +504,7 @@ fn build() -> Routes {
         table: Vec::new(),
     }
     .add(GET, "/v1/host", host_info)
+    .add(PUT, "/v1/host/power", set_power)
     .add(GET, "/v1/vms", list_vms)
     .add(POST, "/v1/vms", create_vm)
     .add(GET, "/v1/vms/{name}", vm_info)
@@ -576,6 +577,14 @@ fn router(state: AppState) -> Router {
 
 async fn host_info(State(s): State<AppState>) -> Result<Response, ApiErr> {
     let info = call(&s, |h| Ok(h.host_info())).await?;
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn set_power(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<vmk_api::model::PowerRequest>,
+) -> Result<Response, ApiErr> {
+    let info = call(&s, move |h| h.set_power_policy(req.policy)).await?;
     Ok(json(StatusCode::OK, &info))
 }
 

@@ -3,11 +3,12 @@
 //! view of the CPUs. (The mechanism is `vmk-sched`; what a VM is entitled to is decided
 //! here, where every VM is known.)
 
+use std::path::Path;
 use std::time::Duration;
 
 use vmk_api::model::{
-    CpuConfig, CpuInfo, Edition, HostError, Resources, SchedulerKind, ShareLevel, Shares,
-    VmDefinition,
+    CpuConfig, CpuInfo, Edition, HostError, PowerPolicy, Resources, SchedulerKind, ShareLevel,
+    Shares, VmDefinition,
 };
 use vmk_sched::{GroupParams, Mode, SchedConfig, Scheduler, Topology};
 
@@ -73,8 +74,87 @@ pub fn scheduler(cfg: &CpuConfig) -> Result<(Scheduler, Topology), HostError> {
     Ok((sched, topology))
 }
 
+/// Applies a power policy to the CPUs vmk schedules on: the cpufreq governor where the
+/// host exposes cpufreq and lets vmk write it, and packing for low-power. Returns what it
+/// did, for `host info`.
+pub fn apply_power(sched: &Scheduler, policy: PowerPolicy) -> String {
+    apply_power_at(
+        Path::new("/sys/devices/system/cpu"),
+        sched.cpu_ids(),
+        policy,
+        || sched.set_pack(policy == PowerPolicy::LowPower),
+    )
+}
+
+fn apply_power_at(
+    root: &Path,
+    cpus: &[u32],
+    policy: PowerPolicy,
+    set_pack: impl FnOnce(),
+) -> String {
+    set_pack();
+    let pack = if policy == PowerPolicy::LowPower {
+        "; vCPUs packed onto as few CPUs as the load allows"
+    } else {
+        ""
+    };
+    let want = policy.governor();
+    let mut set = Vec::new();
+    let mut problems = Vec::new();
+    for &c in cpus {
+        let dir = root.join(format!("cpu{c}/cpufreq"));
+        let Ok(available) = std::fs::read_to_string(dir.join("scaling_available_governors")) else {
+            continue;
+        };
+        // schedutil is not built into every kernel; ondemand is the older balanced one.
+        let governor = [want, "ondemand"].into_iter().find(|g| {
+            available.split_whitespace().any(|a| a == *g)
+                && (*g == want || policy == PowerPolicy::Balanced)
+        });
+        match governor {
+            Some(g) => match std::fs::write(dir.join("scaling_governor"), g) {
+                Ok(()) => set.push((c, g)),
+                Err(e) => problems.push(format!("CPU {c}: {e}")),
+            },
+            None => problems.push(format!(
+                "CPU {c} has no {want} governor ({})",
+                available.trim()
+            )),
+        }
+    }
+    if set.is_empty() && problems.is_empty() {
+        return format!(
+            "{}: cpufreq governor not set: this host exposes no cpufreq for its CPUs (as in \
+             most virtual machines){pack}",
+            policy.name()
+        );
+    }
+    let mut note = String::new();
+    if !set.is_empty() {
+        let ids: Vec<u32> = set.iter().map(|(c, _)| *c).collect();
+        note = format!(
+            "{}: cpufreq governor {} on CPUs {}",
+            policy.name(),
+            set[0].1,
+            vmk_sched::topology::format_cpu_list(&ids)
+        );
+    }
+    if !problems.is_empty() {
+        if note.is_empty() {
+            note = format!("{}: cpufreq governor not set", policy.name());
+        }
+        note += &format!(" ({})", problems.join("; "));
+    }
+    note + pack
+}
+
 /// `host info`'s CPU section.
-pub fn info(sched: &Scheduler, topology: &Topology, edition: Edition) -> CpuInfo {
+pub fn info(
+    sched: &Scheduler,
+    topology: &Topology,
+    edition: Edition,
+    power: &(PowerPolicy, String),
+) -> CpuInfo {
     CpuInfo {
         cpu_mhz: sched.cpu_mhz(),
         cpus: sched.cpu_ids().to_vec(),
@@ -100,6 +180,8 @@ pub fn info(sched: &Scheduler, topology: &Topology, edition: Edition) -> CpuInfo
             n.dedup();
             n.len() as u32
         },
+        power_policy: power.0.name().to_string(),
+        power_note: power.1.clone(),
     }
 }
 
@@ -132,6 +214,48 @@ mod tests {
         let p = group_params(2, &r);
         assert_eq!((p.shares, p.limit_mhz), (600, Some(1500)));
         assert_eq!(group_params(1, &Resources::default()).shares, 1000);
+    }
+
+    #[test]
+    fn power_policy_sets_the_governor_where_it_can() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for c in [0, 1] {
+            let dir = root.join(format!("cpu{c}/cpufreq"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("scaling_available_governors"),
+                "performance powersave ondemand\n",
+            )
+            .unwrap();
+            std::fs::write(dir.join("scaling_governor"), "powersave\n").unwrap();
+        }
+        let mut packed = None;
+        let note = apply_power_at(root, &[0, 1], PowerPolicy::HighPerformance, || {
+            packed = Some(false)
+        });
+        assert_eq!(
+            note,
+            "high-performance: cpufreq governor performance on CPUs 0-1"
+        );
+        let gov = std::fs::read_to_string(root.join("cpu1/cpufreq/scaling_governor")).unwrap();
+        assert_eq!(gov, "performance");
+        // No schedutil here: balanced takes ondemand.
+        let note = apply_power_at(root, &[0, 1], PowerPolicy::Balanced, || {});
+        assert_eq!(note, "balanced: cpufreq governor ondemand on CPUs 0-1");
+        let note = apply_power_at(root, &[0], PowerPolicy::LowPower, || packed = Some(true));
+        assert!(
+            note.starts_with("low-power: cpufreq governor powersave on CPUs 0"),
+            "{note}"
+        );
+        assert!(
+            note.ends_with("packed onto as few CPUs as the load allows"),
+            "{note}"
+        );
+        assert_eq!(packed, Some(true));
+        // No cpufreq at all (this machine, most VMs): said so.
+        let note = apply_power_at(&root.join("none"), &[0, 1], PowerPolicy::Balanced, || {});
+        assert!(note.contains("exposes no cpufreq"), "{note}");
     }
 
     #[test]

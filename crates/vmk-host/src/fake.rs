@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vmk_api::model::{
     validate_name, CpuInfo, DiskMetrics, ExitInfo, HostConfig, HostError, HostInfo, HostMetrics,
-    NicMetrics, VcpuMetrics, VmDefinition, VmInfo, VmMetrics, VmState,
+    NicMetrics, PowerPolicy, VcpuMetrics, VmDefinition, VmInfo, VmMetrics, VmState,
 };
 
 use crate::api::{ApiError, Server};
@@ -41,6 +41,7 @@ pub struct FakeHost {
     stop_delay: Duration,
     /// A real network with in-memory uplinks (no privileges needed).
     net: Arc<Network>,
+    power: Mutex<PowerPolicy>,
 }
 
 fn now_unix() -> u64 {
@@ -115,6 +116,7 @@ impl FakeHost {
                     .map(|(n, _)| n)
                     .unwrap_or_else(|e| panic!("the fake host's network: {e}")),
             ),
+            power: Mutex::new(PowerPolicy::default()),
         }
     }
 
@@ -246,6 +248,8 @@ impl HostApi for FakeHost {
                 cores: FAKE_CPUS,
                 threads_per_core: 1,
                 numa_nodes: 1,
+                power_policy: lock(&self.power).name().to_string(),
+                power_note: "the fake host has no cpufreq".into(),
                 ..Default::default()
             },
         }
@@ -446,6 +450,11 @@ impl HostApi for FakeHost {
 
     fn network(&self) -> Option<&dyn NetworkApi> {
         Some(&*self.net)
+    }
+
+    fn set_power_policy(&self, policy: PowerPolicy) -> Result<HostInfo, HostError> {
+        *lock(&self.power) = policy;
+        Ok(self.host_info())
     }
 }
 

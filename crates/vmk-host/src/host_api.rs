@@ -5,7 +5,9 @@
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use vmk_api::model::{ExitInfo, HostError, HostInfo, HostMetrics, VmDefinition, VmInfo, VmMetrics};
+use vmk_api::model::{
+    ExitInfo, HostError, HostInfo, HostMetrics, PowerPolicy, VmDefinition, VmInfo, VmMetrics,
+};
 use vmk_api::network::{
     NetworkInfo, PortGroupDef, PortGroupInfo, PortGroupUpdate, UplinkSpec, VSwitchDef, VSwitchInfo,
     VSwitchUpdate,
@@ -59,6 +61,14 @@ pub trait HostApi: Send + Sync {
     fn console_log(&self, name: &str, max: usize) -> Result<Vec<u8>, HostError>;
     fn vm_metrics(&self, name: &str) -> Result<VmMetrics, HostError>;
     fn metrics(&self) -> HostMetrics;
+    /// Sets the host's power policy (cpufreq governor where the host allows, packing for
+    /// low-power); `host_info().cpu` says what it did.
+    fn set_power_policy(&self, policy: PowerPolicy) -> Result<HostInfo, HostError> {
+        Err(HostError::Invalid(format!(
+            "this host cannot set a power policy ({} asked)",
+            policy.name()
+        )))
+    }
     /// The host's network (vSwitches, port groups, uplinks), if it has one: the API's
     /// network routes manage it directly.
     fn network(&self) -> Option<&dyn NetworkApi> {

@@ -252,6 +252,8 @@ pub struct Host {
     sched: vmk_sched::Scheduler,
     topology: vmk_sched::Topology,
     edition: Edition,
+    /// The power policy in force and what applying it did.
+    power: Mutex<(PowerPolicy, String)>,
 }
 
 impl Host {
@@ -294,6 +296,8 @@ impl Host {
             );
         }
         let (sched, topology) = crate::cpu::scheduler(&cfg.cpu)?;
+        let power_note = crate::cpu::apply_power(&sched, cfg.cpu.power);
+        tracing::info!("power policy {power_note}");
         // Before autostart: VMs may have their disks on datastores.
         let datastores = Arc::new(Datastores::mount_all(&cfg.datastores));
         let (net, problems) = Network::open(
@@ -322,6 +326,7 @@ impl Host {
             sched,
             topology,
             edition: cfg.edition,
+            power: Mutex::new((cfg.cpu.power, power_note)),
         });
         let autostart: Vec<String> = lock(&host.vms)
             .values()
@@ -1184,7 +1189,12 @@ impl HostApi for Host {
             uptime_secs: self.started.elapsed().as_secs(),
             dir: self.dir.clone(),
             datastores: self.datastores.status(),
-            cpu: crate::cpu::info(&self.sched, &self.topology, self.edition),
+            cpu: crate::cpu::info(
+                &self.sched,
+                &self.topology,
+                self.edition,
+                &lock(&self.power),
+            ),
         }
     }
 
@@ -1349,6 +1359,13 @@ impl HostApi for Host {
 
     fn network(&self) -> Option<&dyn NetworkApi> {
         Some(&*self.net)
+    }
+
+    fn set_power_policy(&self, policy: PowerPolicy) -> Result<HostInfo, HostError> {
+        let note = crate::cpu::apply_power(&self.sched, policy);
+        tracing::info!("power policy {note}");
+        *lock(&self.power) = (policy, note);
+        Ok(self.host_info())
     }
 }
 

@@ -329,6 +329,8 @@ fn host_info() -> HostInfo {
             cores: 2,
             threads_per_core: 1,
             numa_nodes: 1,
+            power_policy: "balanced".into(),
+            power_note: "balanced: cpufreq governor not set: this host exposes no cpufreq".into(),
         },
     }
 }
@@ -520,6 +522,12 @@ fn schemas_match_serde() {
             timeout_secs: Some(5),
         },
     );
+    c.valid(
+        "PowerRequest",
+        &PowerRequest {
+            policy: PowerPolicy::HighPerformance,
+        },
+    );
     c.valid("Error", &json!({"error": "x"}));
     // The other spellings a client may send validate too.
     c.valid("ByteSize", &json!("512M"));
@@ -664,6 +672,7 @@ fn every_route_answers_as_documented() {
                 ("POST", "/v1/vms") => Some(serde_json::to_vec(&def("web2")).unwrap()),
                 ("PUT", "/v1/vms/{name}") => Some(edited_body()),
                 ("POST", "/v1/vms/{name}/stop") => Some(br#"{"timeout_secs": 5}"#.to_vec()),
+                ("PUT", "/v1/host/power") => Some(br#"{"policy": "low-power"}"#.to_vec()),
                 _ => net_body.clone(),
             };
             let resp = env

@@ -217,6 +217,11 @@ impl Scheduler {
         })
     }
 
+    /// Low-power placement: pack vCPUs onto as few CPUs as the load allows.
+    pub fn set_pack(&self, pack: bool) {
+        self.inner.lock().policy.set_pack(pack);
+    }
+
     /// Per logical CPU: the time it ran tasks.
     pub fn cpu_stats(&self) -> Vec<CpuStats> {
         self.inner

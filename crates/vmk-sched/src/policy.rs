@@ -58,6 +58,10 @@ pub struct PolicyConfig {
     pub wakeup_granularity_ns: Ns,
     /// MHz of one logical CPU: converts reservations and limits to CPU fractions.
     pub cpu_mhz: u64,
+    /// Pack ready tasks onto as few CPUs as the load allows (low-power): the lowest-numbered
+    /// idle CPU first, a busy core's sibling before an idle core, so the other CPUs stay
+    /// idle (and can sleep deeper).
+    pub pack: bool,
 }
 
 impl Default for PolicyConfig {
@@ -67,6 +71,7 @@ impl Default for PolicyConfig {
             skew_ns: 3_000_000,
             wakeup_granularity_ns: 1_000_000,
             cpu_mhz: 1000,
+            pack: false,
         }
     }
 }
@@ -310,6 +315,11 @@ impl Policy {
 
     pub fn config(&self) -> &PolicyConfig {
         &self.cfg
+    }
+
+    /// Low-power placement on or off (see [`PolicyConfig::pack`]).
+    pub fn set_pack(&mut self, pack: bool) {
+        self.cfg.pack = pack;
     }
 
     pub fn cpu_count(&self) -> usize {
@@ -693,9 +703,15 @@ impl Policy {
                 .cpus
                 .iter()
                 .all(|o| o.core != c.core || (o.idle && o.running.is_none()));
-            let score = (core_idle as u32) * 4
-                + (c.node == g.home_node) as u32 * 2
-                + (t.last_cpu == Some(i)) as u32;
+            let score = if self.cfg.pack {
+                // Fill busy cores and low-numbered CPUs first; the first idle CPU in
+                // order wins a tie (strict `>` below).
+                (!core_idle) as u32 * 4 + (c.node == g.home_node) as u32 * 2
+            } else {
+                (core_idle as u32) * 4
+                    + (c.node == g.home_node) as u32 * 2
+                    + (t.last_cpu == Some(i)) as u32
+            };
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, i));
             }
@@ -814,6 +830,15 @@ impl Policy {
             .iter()
             .all(|o| o.core != b.core || (o.idle && o.running.is_none()));
         let home_better = c.node != g.home_node && b.node == g.home_node;
+        if self.cfg.pack {
+            // Packing: leave it to an idle sibling of a busy core when this core is idle,
+            // else to a lower-numbered CPU (each step moves toward fewer, lower CPUs, so
+            // two CPUs never hand a task back and forth).
+            let best_core_busy = !best_core_idle;
+            let moves =
+                (best_core_busy && !sibling_busy) || (best_core_busy == sibling_busy && best < cpu);
+            return moves.then_some(best);
+        }
         ((sibling_busy && best_core_idle) || home_better).then_some(best)
     }
 

@@ -31,6 +31,9 @@ struct Sim {
     p: Policy,
     now: Ns,
     slices: Vec<Option<(TaskId, Ns, Ns)>>,
+    /// CPUs whose worker is parked (it picks again only when unparked), as in worker.rs;
+    /// all at first, as on a running host whose workers found nothing to do.
+    parked: Vec<bool>,
     tasks: HashMap<TaskId, SimTask>,
     preempts: u64,
 }
@@ -42,6 +45,7 @@ impl Sim {
             p: Policy::new(&topology, cfg),
             now: 0,
             slices: vec![None; n],
+            parked: vec![true; n],
             tasks: HashMap::new(),
             preempts: 0,
         }
@@ -99,6 +103,7 @@ impl Sim {
             if let Action::Unpark(c) = a {
                 if self.p.is_idle(c) {
                     self.p.busy(c);
+                    self.parked[c] = false;
                 }
             }
         }
@@ -135,10 +140,14 @@ impl Sim {
                 let a = self.p.wake(id, self.now);
                 self.apply(a);
             }
-            // Idle CPUs pick (twice: a pick can hand work to another CPU).
-            for _ in 0..2 {
+            // The timer thread: timed waits and limit refills.
+            let actions = self.p.tick(self.now);
+            self.apply(actions);
+            // CPUs without a slice that are awake pick (until none changes: a pick can
+            // unpark another CPU).
+            for _ in 0..4 {
                 for c in 0..self.slices.len() {
-                    if self.slices[c].is_none() {
+                    if self.slices[c].is_none() && !self.parked[c] {
                         let (pick, actions) = self.p.pick(c, self.now);
                         if let Some(pk) = pick {
                             let st = self.tasks.get_mut(&pk.task).unwrap();
@@ -149,6 +158,7 @@ impl Sim {
                             self.slices[c] = Some((pk.task, self.now, pk.until));
                         } else {
                             self.p.idle(c);
+                            self.parked[c] = true;
                         }
                         self.apply(actions);
                     }
@@ -571,4 +581,39 @@ fn timed_waits_end_by_themselves() {
     p.end_slice(0, MS, SliceEnd::Done, 7 * MS);
     assert!(p.is_done(t) && p.group_done(g));
     assert_eq!(p.next_event(), None);
+}
+
+#[test]
+fn low_power_packs_onto_the_first_cpus() {
+    // 1 socket x 4 cores x 2 threads: CPUs n and n+4 are siblings.
+    let topo = Topology::synthetic(1, 4, 2);
+    let mut sim = Sim::new(topo.clone(), PolicyConfig::default());
+    sim.p.set_pack(true);
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        let (_, t) = sim.group(GroupParams::default(), &[Behaviour::Busy]);
+        all.extend(t);
+    }
+    sim.run(50 * MS);
+    // Two busy vCPUs on one core's two threads (CPU 0 and its sibling 4), not on two cores.
+    let mut cpus: Vec<usize> = all
+        .iter()
+        .flat_map(|t| sim.tasks[t].cpus_seen.clone())
+        .collect();
+    cpus.sort_unstable();
+    cpus.dedup();
+    assert_eq!(cpus, [0, 4], "packed onto {cpus:?}");
+    // Spread (the default): two cores.
+    let mut sim = Sim::new(topo.clone(), PolicyConfig::default());
+    let mut all = Vec::new();
+    for _ in 0..2 {
+        let (_, t) = sim.group(GroupParams::default(), &[Behaviour::Busy]);
+        all.extend(t);
+    }
+    sim.run(50 * MS);
+    let cores: Vec<usize> = all
+        .iter()
+        .map(|t| topo.cpus[*sim.tasks[t].cpus_seen.last().unwrap()].core)
+        .collect();
+    assert_ne!(cores[0], cores[1]);
 }

@@ -36,6 +36,16 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set the host's power policy: high-performance, balanced or low-power. It sets the
+    /// cpufreq governor (performance, schedutil, powersave) of the CPUs vmk uses where the
+    /// host exposes cpufreq, and low-power packs vCPUs onto as few CPUs as the load allows.
+    /// Lasts until the host stops (the host config's [cpu] power sets it at start).
+    Power {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(value_parser = ["high-performance", "balanced", "low-power"])]
+        policy: String,
+    },
 }
 
 /// Where the host's API is. The Unix socket unless --url is given; the socket is, first
@@ -100,6 +110,14 @@ impl ConnArgs {
 pub fn run(cmd: HostCommand, config: Option<&Path>) -> Result<(), CmdError> {
     match cmd {
         HostCommand::Start => start(config),
+        HostCommand::Power { conn, policy } => {
+            let policy: vmk_api::model::PowerPolicy =
+                serde_json::from_value(serde_json::Value::String(policy.clone()))
+                    .map_err(|e| format!("power policy {policy}: {e}"))?;
+            let info = conn.client()?.set_power_policy(policy)?;
+            writeln!(std::io::stdout().lock(), "power: {}", info.cpu.power_note)?;
+            Ok(())
+        }
         HostCommand::Info { conn, json } => {
             let info = conn.client()?.host_info()?;
             let mut out = std::io::stdout().lock();
@@ -212,6 +230,9 @@ pub fn format_info(h: &HostInfo) -> String {
             c.edition,
             c.max_vcpus_per_vm
         ));
+        if !c.power_note.is_empty() {
+            out.push_str(&format!("power:     {}\n", c.power_note));
+        }
     }
     // ---- datastores ----
     for d in &h.datastores {
@@ -294,6 +315,8 @@ mod tests {
                 cores: 5,
                 threads_per_core: 1,
                 numa_nodes: 1,
+                power_policy: "low-power".into(),
+                power_note: "low-power: cpufreq governor powersave on CPUs 0-3,6".into(),
             },
         };
         let s = format_info(&h);
@@ -301,6 +324,10 @@ mod tests {
             s.contains(
                 "cpu_mhz:   2596 (5 CPUs scheduled: 0-3,6; 5 cores x 1 threads, 1 NUMA node)\n"
             ),
+            "{s}"
+        );
+        assert!(
+            s.contains("power:     low-power: cpufreq governor powersave on CPUs 0-3,6\n"),
             "{s}"
         );
         assert!(

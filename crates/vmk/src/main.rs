@@ -48,7 +48,9 @@ impl Command {
     fn conn_mut(&mut self) -> Option<&mut host::ConnArgs> {
         match self {
             Command::Vm(a) => Some(&mut a.conn),
-            Command::Host(host::HostCommand::Info { conn, .. }) => Some(conn),
+            Command::Host(
+                host::HostCommand::Info { conn, .. } | host::HostCommand::Power { conn, .. },
+            ) => Some(conn),
             Command::Vswitch(a) => Some(&mut a.conn),
             Command::Portgroup(a) => Some(&mut a.conn),
             Command::Uplink(a) => Some(&mut a.conn),

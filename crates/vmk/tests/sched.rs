@@ -207,6 +207,20 @@ fn reservations_and_edition_caps_are_refused_with_the_reason() {
     assert_eq!(c.host_info().expect("info").cpu.reserved_mhz, 1500);
     d.vmk(&["vm", "poweroff", "r2"]);
 
+    // The power policy: balanced at start; low-power through the API packs vCPUs and
+    // sets the cpufreq governor where the host has one (this one may not: then it says so).
+    assert_eq!(info.cpu.power_policy, "balanced");
+    let out = d.vmk(&["host", "power", "low-power"]);
+    assert!(out.starts_with("power: low-power: "), "{out}");
+    assert!(out.contains("packed onto as few CPUs"), "{out}");
+    assert!(
+        out.contains("cpufreq governor powersave on CPUs") || out.contains("exposes no cpufreq"),
+        "{out}"
+    );
+    assert_eq!(c.host_info().expect("info").cpu.power_policy, "low-power");
+    let out = d.vmk_raw(&["host", "power", "turbo"]);
+    assert!(!out.status.success());
+
     // The standard edition: at most 4 vCPUs per VM, refused at create naming the cap.
     let file = tmp.path().join("wide.toml");
     std::fs::write(
