@@ -310,7 +310,7 @@ fn a_limited_task_runs_at_its_limit_on_an_idle_host() {
     // A quarter of a CPU (250 of 1000 MHz), within the first burst's allowance.
     let f = t.used as f64 / wall;
     assert!((0.2..0.33).contains(&f), "used {f:.3} of a CPU: {t:?}");
-    // Most of the rest it was held back by the limit (some is ready: the wake-up after a
-    // refill, on a busy test host).
-    assert!(t.limited as f64 > 0.3 * wall, "{t:?}");
+    // Much of the rest it was held back by the limit (the rest: wake-ups after a refill,
+    // and on a busy test host the time Linux ran something else on the worker's CPU).
+    assert!(t.limited as f64 > 0.15 * wall, "{t:?}");
 }
