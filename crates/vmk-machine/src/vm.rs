@@ -502,8 +502,12 @@ impl Vm {
                 Some(Arc::new(move || kick.kick())),
             ) {
                 Ok(h) => {
-                    // Bound before the task can wait: it starts ready.
+                    // The task may already have run and be waiting (a stopped hart waits at
+                    // once) before its waker is bound here: a hart_start, IPI or stop in
+                    // that window found no handle. A wake-up after binding covers it (a
+                    // ready or running task ignores it).
                     let _ = shared.harts[i].waker.task.set(h.clone());
+                    h.wake();
                     handles.push(h);
                 }
                 Err(e) => {

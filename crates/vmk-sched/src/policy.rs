@@ -108,6 +108,8 @@ pub enum AcctState {
     CoStop,
     Limited,
     Wait,
+    /// Finished: accrues nothing.
+    Done,
 }
 
 /// Accumulated time per state, in nanoseconds.
@@ -566,6 +568,7 @@ impl Policy {
                 AcctState::CoStop => times.costop += d,
                 AcctState::Limited => times.limited += d,
                 AcctState::Wait => times.wait += d,
+                AcctState::Done => {}
             }
             times
         })
@@ -595,6 +598,7 @@ impl Policy {
             AcctState::CoStop => t.times.costop += d,
             AcctState::Limited => t.times.limited += d,
             AcctState::Wait => t.times.wait += d,
+            AcctState::Done => {}
         }
         t.acct = s;
         t.acct_since = now;
@@ -895,6 +899,7 @@ impl Policy {
         let Some((_, id)) = best else {
             return (None, actions);
         };
+
         // The slice: a quantum, cut short by the limit's tokens and the skew bound.
         let mut len = self.cfg.quantum_ns as i64;
         let group = self.tasks[&id].group;
@@ -975,7 +980,7 @@ impl Policy {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.active -= 1;
                 }
-                self.set_acct(id, AcctState::Wait, now);
+                self.set_acct(id, AcctState::Done, now);
                 self.unpark_for_group(group)
             }
         }
