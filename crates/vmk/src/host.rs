@@ -177,27 +177,6 @@ fn start(config: Option<&Path>) -> Result<(), CmdError> {
     Ok(())
 }
 
-/// CPU ids as a kernel CPU list (`0-3,8`).
-fn vmk_sched_cpu_list(ids: &[u32]) -> String {
-    let mut v = ids.to_vec();
-    v.sort_unstable();
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let mut j = i;
-        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j {
-            v[i].to_string()
-        } else {
-            format!("{}-{}", v[i], v[j])
-        });
-        i = j + 1;
-    }
-    parts.join(",")
-}
-
 pub fn format_info(h: &HostInfo) -> String {
     let mut out = format!(
         "host:      {}\nversion:   {}\ncpus:      {}\nmemory:    {}\nvms:       {} ({} running)\nuptime:    {}\ndirectory: {}\n",
@@ -219,7 +198,7 @@ pub fn format_info(h: &HostInfo) -> String {
 ",
             c.cpu_mhz,
             c.cpus.len(),
-            vmk_sched_cpu_list(&c.cpus),
+            vmk_sched::topology::format_cpu_list(&c.cpus),
             c.cores,
             c.threads_per_core,
             c.numa_nodes,

@@ -265,7 +265,7 @@ fn apply_setting(def: &mut VmDefinition, setting: &str) -> Result<String, CmdErr
         "cpu_affinity" => {
             let new = match value.to_ascii_lowercase().as_str() {
                 "" | "any" | "none" => None,
-                list => Some(parse_cpu_list(list).map_err(|e| {
+                list => Some(vmk_sched::topology::parse_cpu_list(list).map_err(|e| {
                     format!("cpu_affinity={value}: {e} (e.g. cpu_affinity=0-3,6, or any)")
                 })?),
             };
@@ -320,30 +320,6 @@ fn parse_mhz(key: &str, value: &str) -> Result<Option<u64>, CmdError> {
         return Err(bad().into());
     }
     Ok(Some(mhz.round() as u64))
-}
-
-/// A kernel-style CPU list: `0-3,6`.
-fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let a: u32 = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{part}' is not a CPU or range"))?;
-        let b: u32 = b
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{part}' is not a CPU or range"))?;
-        if b < a || b - a > 4096 {
-            return Err(format!("'{part}' is not a CPU range"));
-        }
-        out.extend(a..=b);
-    }
-    if out.is_empty() {
-        return Err("no CPUs listed".into());
-    }
-    Ok(out)
 }
 
 /// `vmk vm set`: reads the VM's definition, applies the settings and replaces it. (Two
