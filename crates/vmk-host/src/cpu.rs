@@ -185,10 +185,15 @@ pub fn info(
     }
 }
 
-/// A scheduler refusal as the API reports it: a reservation that does not fit is a
-/// conflict with what runs now; the rest is the definition's.
+/// A scheduler refusal at start as the API reports it (see [`refusal_as`]).
 pub fn refusal(vm: &str, e: vmk_sched::PolicyError) -> HostError {
     let msg = format!("VM '{vm}' cannot start: {e}; it stays stopped");
+    refusal_as(&e, msg)
+}
+
+/// `msg` with the status of scheduler refusal `e`: a reservation that does not fit is a
+/// conflict with what runs now; the rest is the definition's.
+pub fn refusal_as(e: &vmk_sched::PolicyError, msg: String) -> HostError {
     match e {
         vmk_sched::PolicyError::ReservationDoesNotFit { .. } => HostError::Conflict(msg),
         _ => HostError::Invalid(msg),

@@ -720,12 +720,7 @@ impl Host {
                          settings are unchanged",
                         e.name
                     );
-                    match err {
-                        vmk_sched::PolicyError::ReservationDoesNotFit { .. } => {
-                            HostError::Conflict(msg)
-                        }
-                        _ => HostError::Invalid(msg),
-                    }
+                    crate::cpu::refusal_as(&err, msg)
                 })?;
         }
         inventory::save_definition(&self.dir, &def).map_err(|err| {

@@ -693,6 +693,13 @@ impl Policy {
         actions
     }
 
+    /// Every logical CPU of physical core `core` is idle (parked, running nothing).
+    fn core_idle(&self, core: usize) -> bool {
+        self.cpus
+            .iter()
+            .all(|o| o.core != core || (o.idle && o.running.is_none()))
+    }
+
     /// An idle CPU for a ready task, best first: allowed, on a whole idle core, on the
     /// group's home node, the CPU it last ran on (warm caches).
     fn best_idle_cpu(&self, id: TaskId) -> Option<usize> {
@@ -703,10 +710,7 @@ impl Policy {
             if !c.idle || !g.allowed[i] {
                 continue;
             }
-            let core_idle = self
-                .cpus
-                .iter()
-                .all(|o| o.core != c.core || (o.idle && o.running.is_none()));
+            let core_idle = self.core_idle(c.core);
             let score = if self.cfg.pack {
                 // Fill busy cores and low-numbered CPUs first; the first idle CPU in
                 // order wins a tie (strict `>` below).
@@ -829,10 +833,7 @@ impl Policy {
             .iter()
             .enumerate()
             .any(|(i, o)| i != cpu && o.core == c.core && o.running.is_some());
-        let best_core_idle = self
-            .cpus
-            .iter()
-            .all(|o| o.core != b.core || (o.idle && o.running.is_none()));
+        let best_core_idle = self.core_idle(b.core);
         let home_better = c.node != g.home_node && b.node == g.home_node;
         if self.cfg.pack {
             // Packing: leave it to an idle sibling of a busy core when this core is idle,
